@@ -1,0 +1,508 @@
+"""The write journal: an append-only, group-committed log of records in segments.
+
+Semantics (the byte layouts are in docs/FORMAT.md):
+
+* A **record** is a 64-byte header plus a payload: a host write, a zeroed
+  extent, a bookmark, or a marker.  Every record gets the next sequence
+  number and a timestamp that never goes backwards.
+* ``append`` assigns the sequence number and the record's journal address at
+  once, under one lock, so journal order *is* sequence order.  The record then
+  waits in memory for the committer.
+* The **committer** thread takes everything pending, writes it with one
+  ``pwritev`` per segment touched and, when anybody waits for durability (or
+  1 s passed, or 65,536 records are unsynced), one ``fdatasync``: that is the
+  group commit.  A record is **durable** once the ``fdatasync`` that follows
+  its write returned; ``sync(seq)`` returns only then.
+* **Fail-stop**: if a write or ``fdatasync`` of the journal fails, the journal
+  is failed for good.  Nothing at or after the failed group is ever reported
+  durable (a retried fdatasync may "succeed" after the kernel dropped the
+  pages: PostgreSQL's lesson); every waiter and every later append gets
+  :class:`JournalFailed`.  Reopening the volume replays up to the last durable
+  group.
+* **Segments** roll over when the next record would not fit.  The previous
+  segment is fdatasynced before the first write to the new one, and the new
+  file's name is made durable (fsync of the folder) before any of its records
+  can be reported durable.  Every open starts a new segment, so the torn tail
+  of an unclean stop is left behind, never overwritten and never read past.
+* **Recovery** (``scan``) reads segments in order and stops a segment at its
+  first invalid record (the reason is logged); a later segment whose
+  ``prev_last_seq`` disagrees with what was found means durable records are
+  missing, and the journal is refused (:class:`JournalCorrupt`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import structlog
+
+from . import record as R
+from .errors import InvalidArgument, JournalCorrupt, JournalFailed
+from .fileio import FileIO
+
+log = structlog.get_logger("cdp.journal")
+
+SEGMENT_NAME = re.compile(r"^([0-9a-f]{16})\.seg$")
+# After an unclean stop the next sequence number skips this many numbers, so
+# that numbers handed out for writes lost before they were durable are never
+# reused.  The bounds below keep fewer than that in flight.
+SEQ_GAP = 1 << 21
+MAX_PENDING_RECORDS = 1 << 19
+MAX_UNSYNCED_RECORDS = 1 << 16
+DEFAULT_MAX_PENDING_BYTES = 64 << 20
+SYNC_INTERVAL = 1.0
+
+
+@dataclass(slots=True)
+class Rec:
+    """A journal record as the map engine and the readers see it."""
+
+    seq: int
+    time_ns: int
+    kind: int
+    flags: int
+    offset: int
+    length: int
+    addr: int  # journal address of the record header
+    payload_len: int
+    name: str | None = None  # bookmark name
+
+    @property
+    def payload_addr(self) -> int:
+        return self.addr + R.RECORD_HEADER_SIZE
+
+    @property
+    def end_addr(self) -> int:
+        return self.addr + R.RECORD_HEADER_SIZE + self.payload_len
+
+
+@dataclass
+class ScanResult:
+    records: list[Rec]
+    last_seq: int
+    last_time_ns: int
+    end_addr: int  # just past the last valid record (0 if none)
+    last_segno: int
+    end_reason: str
+    torn_segment: int | None = None
+
+
+def segment_path(folder: str, segno: int) -> str:
+    return os.path.join(folder, f"{segno:016x}.seg")
+
+
+def list_segments(folder: str) -> list[int]:
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return sorted(int(m.group(1), 16) for n in names if (m := SEGMENT_NAME.match(n)))
+
+
+class _SegmentReader:
+    """Sequential reader over one segment file, in large chunks."""
+
+    CHUNK = 8 << 20
+
+    def __init__(self, io: FileIO, fd: int, start: int):
+        self.io, self.fd = io, fd
+        self.buf = b""
+        self.buf_off = start
+
+    def get(self, off: int, n: int) -> bytes:
+        rel = off - self.buf_off
+        if rel < 0 or rel + n > len(self.buf):
+            self.buf = self.io.pread_exact(self.fd, max(n, self.CHUNK), off)
+            self.buf_off = off
+            rel = 0
+        return self.buf[rel : rel + n]
+
+
+class Journal:
+    """See the module docstring.  Thread-safe; one instance per volume."""
+
+    def __init__(
+        self,
+        io: FileIO,
+        folder: str,
+        volume_uuid: uuidlib.UUID,
+        segment_size: int,
+        *,
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+    ):
+        self.io = io
+        self.folder = folder
+        self.uuid = volume_uuid
+        self.vtag = R.volume_tag(volume_uuid)
+        self.segment_size = segment_size
+        self.max_pending_bytes = max_pending_bytes
+        self._cond = threading.Condition()
+        self._pending: list[tuple[Rec, bytes, object]] = []
+        self._pending_bytes = 0
+        self._next_seq = 1
+        self._last_seq = 0  # last assigned
+        self._last_time = 0
+        self._segno = 0  # segment that receives the next append
+        self._pos = 0
+        self._segment_prev: dict[int, int] = {}
+        self._written_seq = 0
+        self._durable_seq = 0
+        self._sync_wanted = 0
+        self._unsynced = 0
+        self._failed: JournalFailed | None = None
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._wfd: int | None = None
+        self._wsegno = 0
+        self._inflight: list[Rec] = []
+        self._rfds: dict[int, int] = {}
+        self._rlock = threading.Lock()
+        self.on_durable: Callable[[list[Rec]], None] | None = None
+
+    # ------------------------------------------------------------------ recovery
+
+    def scan(
+        self,
+        start_addr: int = 0,
+        prev_seq: int = 0,
+        prev_time_ns: int = 0,
+        stop_addr: int | None = None,
+    ) -> ScanResult:
+        """Read valid records from ``start_addr`` (0: the beginning) to the end.
+
+        ``prev_seq``/``prev_time_ns`` describe the record just before
+        ``start_addr``.  With ``stop_addr`` only records before it are read,
+        and no continuity check is made past it.
+        """
+        segnos = list_segments(self.folder)
+        first_seg = start_addr >> 32 if start_addr else 0
+        segnos = [s for s in segnos if s >= first_seg]
+        if stop_addr is not None:
+            segnos = [s for s in segnos if s <= stop_addr >> 32]
+        records: list[Rec] = []
+        last_seq, last_time = prev_seq, prev_time_ns
+        end_addr = start_addr
+        last_segno = first_seg
+        reason = "end of journal"
+        torn_segment = None
+        for i, segno in enumerate(segnos):
+            path = segment_path(self.folder, segno)
+            fd = self.io.open(path, os.O_RDONLY)
+            try:
+                raw = self.io.pread_exact(fd, R.SEGMENT_HEADER_SIZE, 0)
+                hdr = R.parse_segment_header(raw)
+                if isinstance(hdr, str):
+                    if stop_addr is None and i == len(segnos) - 1 and segno != first_seg:
+                        # Created, but its header never made durable: no record in it
+                        # was ever acknowledged.  The caller removes it.
+                        reason = f"segment {segno}: {hdr}"
+                        torn_segment = segno
+                        break
+                    raise JournalCorrupt(f"segment {segno}: {hdr}")
+                if hdr.volume_uuid != self.uuid:
+                    raise JournalCorrupt(
+                        f"segment {segno} belongs to volume {hdr.volume_uuid}, not {self.uuid}"
+                    )
+                if hdr.segno != segno:
+                    raise JournalCorrupt(f"segment file {segno} says it is segment {hdr.segno}")
+                if segno != first_seg and hdr.prev_last_seq != last_seq:
+                    raise JournalCorrupt(
+                        f"segment {segno} follows seq {hdr.prev_last_seq} but the journal "
+                        f"before it ends at seq {last_seq}: durable records are missing"
+                    )
+                pos = start_addr & 0xFFFFFFFF if segno == first_seg and start_addr else 0
+                pos = max(pos, R.SEGMENT_HEADER_SIZE)
+                limit = self.io.size(fd)
+                if stop_addr is not None and segno == stop_addr >> 32:
+                    limit = min(limit, stop_addr & 0xFFFFFFFF)
+                reader = _SegmentReader(self.io, fd, pos)
+                last_segno = segno
+                if segno != first_seg or not start_addr:
+                    end_addr = R.jaddr(segno, pos)
+                seg_reason = "end of segment"
+                while pos < limit:
+                    why = None
+                    if pos + R.RECORD_HEADER_SIZE > limit:
+                        seg_reason = f"at {segno}:{pos}: record header truncated"
+                        break
+                    raw = reader.get(pos, R.RECORD_HEADER_SIZE)
+                    h = R.parse_record_header(raw, segno=segno, vtag=self.vtag)
+                    if isinstance(h, str):
+                        why = h
+                    elif h.seq <= last_seq:
+                        why = f"sequence {h.seq} not after {last_seq}"
+                    elif h.time_ns < last_time:
+                        why = f"timestamp of seq {h.seq} goes backwards"
+                    elif pos + R.RECORD_HEADER_SIZE + h.payload_len > limit:
+                        why = f"payload of seq {h.seq} truncated"
+                    if why is None:
+                        payload = reader.get(pos + R.RECORD_HEADER_SIZE, h.payload_len)
+                        if not R.record_crc_ok(raw, payload):
+                            why = f"crc mismatch in record seq {h.seq}"
+                    if why is not None:
+                        seg_reason = f"at {segno}:{pos}: {why}"
+                        break
+                    name = payload.decode("utf-8", "replace") if h.kind == R.BOOKMARK else None
+                    records.append(
+                        Rec(
+                            h.seq,
+                            h.time_ns,
+                            h.kind,
+                            h.flags,
+                            h.offset,
+                            h.length,
+                            R.jaddr(segno, pos),
+                            h.payload_len,
+                            name,
+                        )
+                    )
+                    last_seq, last_time = h.seq, h.time_ns
+                    pos += R.RECORD_HEADER_SIZE + h.payload_len
+                    end_addr = R.jaddr(segno, pos)
+                reason = f"segment {segno}: {seg_reason}"
+            finally:
+                self.io.close(fd)
+        return ScanResult(records, last_seq, last_time, end_addr, last_segno, reason, torn_segment)
+
+    # ------------------------------------------------------------------ writing
+
+    def start(self, last_seq: int, last_time_ns: int, *, clean: bool) -> None:
+        """Begin appending after a scan: a new segment, the committer thread."""
+        os.makedirs(self.folder, exist_ok=True)
+        segnos = list_segments(self.folder)
+        self._segno = (segnos[-1] + 1) if segnos else 1
+        self._pos = R.SEGMENT_HEADER_SIZE
+        self._segment_prev[self._segno] = last_seq
+        self._last_seq = last_seq
+        self._next_seq = last_seq + 1 + (0 if clean or last_seq == 0 else SEQ_GAP)
+        self._last_time = last_time_ns
+        self._written_seq = self._durable_seq = self._sync_wanted = last_seq
+        self._open_segment(self._segno)
+        self._thread = threading.Thread(target=self._committer, name="cdp-journal", daemon=True)
+        self._thread.start()
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    @property
+    def durable_seq(self) -> int:
+        return self._durable_seq
+
+    @property
+    def failed(self) -> JournalFailed | None:
+        return self._failed
+
+    def append(
+        self,
+        kind: int,
+        offset: int,
+        length: int,
+        payload=b"",
+        *,
+        flags: int = 0,
+        pcrc: int | None = None,
+    ) -> Rec:
+        """Queue one record; returns it with its sequence number and address.
+
+        The payload must not change afterwards (pass ``bytes``).  Blocks while
+        too much is pending (back-pressure); raises :class:`JournalFailed`
+        after a failure.
+        """
+        plen = len(payload)
+        if plen > R.MAX_PAYLOAD:
+            raise InvalidArgument(f"record payload of {plen} bytes above {R.MAX_PAYLOAD}")
+        if pcrc is None:
+            pcrc = R.payload_crc(payload)
+        size = R.RECORD_HEADER_SIZE + plen
+        with self._cond:
+            while (
+                self._pending_bytes + size > self.max_pending_bytes
+                and self._pending
+                or len(self._pending) >= MAX_PENDING_RECORDS
+            ) and not self._failed:
+                self._cond.wait()
+            if self._failed:
+                raise self._failed
+            if self._closing:
+                raise JournalFailed(self._durable_seq, "journal is closed")
+            if self._pos + size > self.segment_size:
+                self._segment_prev[self._segno + 1] = self._last_seq
+                self._segno += 1
+                self._pos = R.SEGMENT_HEADER_SIZE
+            seq = self._next_seq
+            self._next_seq += 1
+            now = max(time.time_ns(), self._last_time)
+            addr = R.jaddr(self._segno, self._pos)
+            header = R.pack_record_header(
+                kind, flags, seq, now, offset, length, plen, self._segno, self.vtag, pcrc
+            )
+            name = payload.decode("utf-8") if kind == R.BOOKMARK else None
+            rec = Rec(seq, now, kind, flags, offset, length, addr, plen, name)
+            self._pending.append((rec, header, payload))
+            self._pending_bytes += size
+            self._pos += size
+            self._last_seq = seq
+            self._last_time = now
+            self._cond.notify_all()
+            return rec
+
+    def request_sync(self, seq: int) -> None:
+        """Ask the committer to make ``seq`` durable soon, without waiting."""
+        with self._cond:
+            if seq > self._sync_wanted:
+                self._sync_wanted = seq
+                self._cond.notify_all()
+
+    def sync(self, seq: int | None = None) -> int:
+        """Wait until every record up to ``seq`` (default: all appended) is durable."""
+        with self._cond:
+            target = self._last_seq if seq is None else seq
+            if self._durable_seq >= target:
+                return self._durable_seq
+            self._sync_wanted = max(self._sync_wanted, target)
+            self._cond.notify_all()
+            while self._durable_seq < target and not self._failed:
+                self._cond.wait()
+            if self._durable_seq < target:
+                raise self._failed
+            return self._durable_seq
+
+    def close(self) -> None:
+        """Make everything durable and stop; safe to call twice."""
+        if self._thread is not None:
+            try:
+                if not self._failed:
+                    self.sync()
+            finally:
+                with self._cond:
+                    self._closing = True
+                    self._cond.notify_all()
+                self._thread.join()
+                self._thread = None
+        if self._wfd is not None:
+            self.io.close(self._wfd)
+            self._wfd = None
+        with self._rlock:
+            for fd in self._rfds.values():
+                self.io.close(fd)
+            self._rfds.clear()
+
+    def _open_segment(self, segno: int) -> None:
+        path = segment_path(self.folder, segno)
+        fd = self.io.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        header = R.pack_segment_header(
+            self.uuid, segno, self._segment_prev.pop(segno), time.time_ns()
+        )
+        self.io.pwrite_all(fd, header, 0)
+        self.io.fsync_dir(self.folder)
+        if self._wfd is not None:
+            self.io.close(self._wfd)
+        self._wfd, self._wsegno = fd, segno
+
+    def _committer(self) -> None:
+        last_sync = time.monotonic()
+        while True:
+            with self._cond:
+                while True:
+                    if self._pending:
+                        break
+                    if (
+                        self._sync_wanted > self._durable_seq
+                        and self._written_seq > self._durable_seq
+                    ):
+                        break
+                    if self._closing:
+                        return
+                    wait = None
+                    if self._written_seq > self._durable_seq:
+                        wait = max(0.0, SYNC_INTERVAL - (time.monotonic() - last_sync))
+                        if wait == 0.0:
+                            break
+                    self._cond.wait(wait)
+                batch, self._pending = self._pending, []
+                self._pending_bytes = 0
+                self._cond.notify_all()
+            try:
+                if batch:
+                    self._write_batch(batch)
+                with self._cond:
+                    self._written_seq = batch[-1][0].seq if batch else self._written_seq
+                    self._unsynced += len(batch)
+                    need = (
+                        self._sync_wanted > self._durable_seq
+                        or self._closing
+                        or self._unsynced >= MAX_UNSYNCED_RECORDS
+                        or time.monotonic() - last_sync >= SYNC_INTERVAL
+                    )
+                    target = self._written_seq
+                if need and target > self._durable_seq:
+                    self.io.fdatasync(self._wfd)
+                    last_sync = time.monotonic()
+                    self._deliver()
+                    with self._cond:
+                        self._durable_seq = target
+                        self._unsynced = 0
+                        self._cond.notify_all()
+            except Exception as exc:  # fail-stop: see the module docstring
+                err = JournalFailed(self._durable_seq, f"{type(exc).__name__}: {exc}")
+                log.error("journal.failed", durable_seq=self._durable_seq, error=str(exc))
+                with self._cond:
+                    self._failed = err
+                    self._pending = []
+                    self._cond.notify_all()
+                return
+
+    def _write_batch(self, batch: list[tuple[Rec, bytes, object]]) -> None:
+        i = 0
+        while i < len(batch):
+            segno = batch[i][0].addr >> 32
+            if segno != self._wsegno:
+                self.io.fdatasync(self._wfd)  # the old segment is complete and durable
+                self._open_segment(segno)
+            bufs = []
+            start = batch[i][0].addr & 0xFFFFFFFF
+            while i < len(batch) and batch[i][0].addr >> 32 == segno:
+                rec, header, payload = batch[i]
+                bufs.append(header)
+                if rec.payload_len:
+                    bufs.append(payload)
+                self._inflight.append(rec)
+                i += 1
+            self.io.pwritev_all(self._wfd, bufs, start)
+
+    def _deliver(self) -> None:
+        # Runs in the committer right after an fdatasync: everything written
+        # so far is durable now.
+        recs, self._inflight = self._inflight, []
+        if self.on_durable and recs:
+            self.on_durable(recs)
+
+    # ------------------------------------------------------------------ reading
+
+    def read_payload(self, addr: int, length: int) -> bytes:
+        """Bytes of the journal at a payload address (durable records only)."""
+        segno, off = R.jsplit(addr)
+        with self._rlock:
+            fd = self._rfds.get(segno)
+            if fd is None:
+                if len(self._rfds) > 64:
+                    for old in list(self._rfds)[:32]:
+                        self.io.close(self._rfds.pop(old))
+                fd = self.io.open(segment_path(self.folder, segno), os.O_RDONLY)
+                self._rfds[segno] = fd
+        data = self.io.pread_exact(fd, length, off)
+        if len(data) != length:
+            raise JournalCorrupt(f"short read of {length} bytes at {segno}:{off}")
+        return data
+
+    def iter_records(self, first_addr: int, end_addr: int) -> Iterator[Rec]:
+        """Records with headers in [first_addr, end_addr) (already validated once)."""
+        res = self.scan(first_addr, 0, 0, stop_addr=end_addr)
+        yield from res.records

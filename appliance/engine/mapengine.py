@@ -1,0 +1,387 @@
+"""The map engine ([0043]): durable journal records -> delta maps -> merged maps.
+
+* The journal's committer hands every group of newly durable records to
+  :meth:`MapEngine.add`; they join the **tail** (durable, not yet in a closed
+  delta map).
+* A level-0 **delta map** is closed from the oldest tail records every
+  ``map_records`` records, every ``map_seconds`` seconds, at each bookmark
+  (the bookmark record is the map's last record) and on demand
+  (:meth:`close_map`).  Its extents are the records flattened newest-wins.
+  The catalog row, its extents, the bookmarks it closes and the baseline
+  marker are written in one transaction, *then* the records leave the tail:
+  a reader always finds a record in one place or the other.
+* **Levels**: once 8 consecutive aligned maps of level L exist they are merged
+  into one map of level L + 1 (an LSM tree over the chain).  The PIT map of
+  a closed prefix of ``n`` maps is tiled by at most 7 maps per level
+  (:meth:`decompose`), so opening a point costs about the same with 10 or
+  100,000 delta maps.  Merged maps are built in the background; until one
+  exists the lower level serves.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from . import record as R
+from .catalog import Catalog, MapInfo
+from .extents import ZERO, ExtentMap
+from .journal import Journal, Rec
+
+log = structlog.get_logger("cdp.mapengine")
+
+FANOUT = 8
+
+
+def records_to_map(recs: list[Rec]) -> ExtentMap:
+    data = [
+        (r.offset, r.length, r.payload_addr if r.kind == R.WRITE else ZERO)
+        for r in recs
+        if r.kind in R.DATA_KINDS and r.length
+    ]
+    return ExtentMap.from_records(data)
+
+
+@dataclass
+class PitLayers:
+    """What a reader needs for one point: newest layer first."""
+
+    seq: int
+    time_ns: int
+    partial: ExtentMap  # records after the last whole map, up to seq
+    map_ids: list[int]  # whole maps, newest first
+    contributing: list[MapInfo]
+
+
+class MapEngine:
+    def __init__(
+        self,
+        catalog: Catalog,
+        journal: Journal,
+        *,
+        map_records: int = 1024,
+        map_seconds: float = 5.0,
+    ):
+        self.catalog = catalog
+        self.journal = journal
+        self.map_records = map_records
+        self.map_seconds = map_seconds
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self.level0: list[MapInfo] = []
+        self._l0_last_seq: list[int] = []
+        self._l0_last_time: list[int] = []
+        self.merged: dict[tuple[int, int], MapInfo] = {}
+        self.tail: list[Rec] = []
+        self._tail_since = 0.0
+        self._tail_seqs: list[int] = []
+        self.bookmarks: dict[str, tuple[int, int]] = {}
+        self.baseline_done_seq: int | None = None
+        self.baseline_done_time_ns = 0
+        self.baseline_end = 0  # primary bytes covered by the baseline so far
+        self._close_upto: list[int] = []  # seqs that must end a map (bookmarks, requests)
+        self._closed_event = threading.Condition(self._lock)
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.error: Exception | None = None
+
+    # ------------------------------------------------------------ state
+
+    def load(self) -> None:
+        """Load the catalog's maps and bookmarks (before replaying the tail)."""
+        for info in self.catalog.maps():
+            if info.level == 0:
+                self._append_level0(info)
+            else:
+                self.merged[(info.level, info.idx)] = info
+        self.bookmarks = self.catalog.bookmarks()
+        self.baseline_done_seq = self.catalog.baseline_done_seq()
+        self.baseline_done_time_ns = int(self.catalog.get_meta("baseline_done_time_ns", "0"))
+        self.baseline_end = int(self.catalog.get_meta("baseline_end", "0"))
+
+    def replay(self, recs: list[Rec]) -> None:
+        """Records found in the journal at open: whole maps now, the rest to the tail."""
+        start = 0
+        for i, r in enumerate(recs):
+            if r.kind == R.BOOKMARK or i + 1 - start >= self.map_records:
+                self._note(recs[start : i + 1])
+                self.build_level0(recs[start : i + 1])
+                start = i + 1
+        self.add(recs[start:])
+
+    def _note(self, recs: list[Rec]) -> bool:
+        """Register bookmarks and baseline progress; True if a map must close."""
+        close = False
+        for r in recs:
+            if r.kind == R.BOOKMARK:
+                self.bookmarks[r.name] = (r.seq, r.time_ns)
+                close = True
+            elif r.kind == R.BASELINE_DONE:
+                self.baseline_done_seq = r.seq
+                self.baseline_done_time_ns = r.time_ns
+            elif r.flags & R.FLAG_BASELINE and r.kind in R.DATA_KINDS:
+                self.baseline_end = max(self.baseline_end, r.offset + r.length)
+        return close
+
+    @property
+    def last_map(self) -> MapInfo | None:
+        return self.level0[-1] if self.level0 else None
+
+    def add(self, recs: list[Rec]) -> None:
+        """Newly durable records, in sequence order (from the committer)."""
+        if not recs:
+            return
+        with self._lock:
+            if not self.tail:
+                self._tail_since = time.monotonic()
+            self.tail.extend(recs)
+            self._tail_seqs.extend(r.seq for r in recs)
+            if self._note(recs):
+                self._close_upto.extend(r.seq for r in recs if r.kind == R.BOOKMARK)
+            if len(self.tail) >= self.map_records or self._close_upto:
+                self._wake.notify_all()
+
+    # ------------------------------------------------------------ the thread
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="cdp-mapengine", daemon=True)
+        self._thread.start()
+
+    def stop(self, *, close_tail: bool = True) -> None:
+        if self._thread is None:
+            return
+        if close_tail and self.error is None:
+            self.close_map()
+        with self._lock:
+            self._stop = True
+            self._wake.notify_all()
+        self._thread.join()
+        self._thread = None
+
+    def close_map(self, upto_seq: int | None = None) -> None:
+        """Close the tail (up to ``upto_seq``) into delta maps now, and wait."""
+        with self._lock:
+            if upto_seq is None:
+                upto_seq = self.tail[-1].seq if self.tail else 0
+            if not self.tail or self.tail[0].seq > upto_seq:
+                return
+            self._close_upto.append(upto_seq)
+            self._wake.notify_all()
+            while self.tail and self.tail[0].seq <= upto_seq and self.error is None:
+                self._closed_event.wait(0.5)
+            if self.error is not None:
+                raise self.error
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stop and not self._due():
+                    timeout = None
+                    if self.tail:
+                        timeout = max(
+                            0.01, self.map_seconds - (time.monotonic() - self._tail_since)
+                        )
+                    self._wake.wait(timeout)
+                if self._stop:
+                    return
+                cut = self._cut()
+            try:
+                if cut:
+                    self._close(cut)
+                self._merge_ready()
+            except Exception as exc:  # keep serving from the tail; report
+                log.error("mapengine.failed", error=repr(exc))
+                with self._lock:
+                    self.error = exc
+                    self._closed_event.notify_all()
+                return
+
+    def _due(self) -> bool:
+        if not self.tail:
+            self._close_upto.clear()
+            return False
+        return (
+            len(self.tail) >= self.map_records
+            or bool(self._close_upto)
+            or time.monotonic() - self._tail_since >= self.map_seconds
+        )
+
+    def _cut(self) -> int:
+        """How many tail records the next map takes (lock held)."""
+        n = min(len(self.tail), self.map_records)
+        pending = sorted(s for s in self._close_upto if s >= self.tail[0].seq)
+        self._close_upto = pending
+        if pending:
+            k = bisect.bisect_right(self._tail_seqs, pending[0])
+            n = min(n, k)
+            if k <= self.map_records:
+                self._close_upto = pending[1:]
+        return n
+
+    def _close(self, n: int) -> MapInfo:
+        with self._lock:
+            recs = self.tail[:n]
+        info = self.build_level0(recs)
+        with self._lock:
+            del self.tail[:n]
+            del self._tail_seqs[:n]
+            self._tail_since = time.monotonic()
+            self._closed_event.notify_all()
+        return info
+
+    def build_level0(self, recs: list[Rec]) -> MapInfo:
+        """Write one level-0 map for ``recs`` (also used by catalog rebuild)."""
+        extents = records_to_map(recs)
+        idx = len(self.level0)
+        bms = [(r.name, r.seq, r.time_ns) for r in recs if r.kind == R.BOOKMARK]
+        done = next((r for r in recs if r.kind == R.BASELINE_DONE), None)
+        meta = {}
+        if done is not None:
+            meta["baseline_done_time_ns"] = str(done.time_ns)
+        bl_end = max(
+            (
+                r.offset + r.length
+                for r in recs
+                if r.flags & R.FLAG_BASELINE and r.kind in R.DATA_KINDS
+            ),
+            default=0,
+        )
+        if bl_end:
+            meta["baseline_end"] = str(bl_end)
+        segs: dict[int, list[int]] = {}
+        for r in recs:
+            s = segs.setdefault(r.addr >> 32, [r.seq, r.seq, 0])
+            s[1] = r.seq
+            s[2] = max(s[2], r.end_addr & 0xFFFFFFFF)
+        info = self.catalog.add_map(
+            0,
+            idx,
+            recs[0].seq,
+            recs[-1].seq,
+            recs[0].time_ns,
+            recs[-1].time_ns,
+            extents,
+            j_first=recs[0].addr,
+            j_last=recs[-1].addr,
+            j_end=recs[-1].end_addr,
+            records=len(recs),
+            bookmarks=bms,
+            baseline_done_seq=done.seq if done is not None else None,
+            segments=[(k, *v) for k, v in segs.items()],
+            meta=meta,
+        )
+        with self._lock:
+            self._append_level0(info)
+        return info
+
+    def _append_level0(self, info: MapInfo) -> None:
+        self.level0.append(info)
+        self._l0_last_seq.append(info.last_seq)
+        self._l0_last_time.append(info.last_time_ns)
+
+    def _merge_ready(self) -> None:
+        level = 1
+        while True:
+            span = FANOUT**level
+            with self._lock:
+                complete = len(self.level0) // span
+            built = False
+            for idx in range(complete):
+                if (level, idx) in self.merged:
+                    continue
+                self._build_merged(level, idx)
+                built = True
+            if complete == 0 and not built:
+                return
+            level += 1
+
+    def _build_merged(self, level: int, idx: int) -> None:
+        children = [self._map_at(level - 1, idx * FANOUT + k) for k in range(FANOUT)]
+        merged = ExtentMap.merge([self.catalog.load_map(c.id) for c in children])
+        info = self.catalog.add_map(
+            level,
+            idx,
+            children[0].first_seq,
+            children[-1].last_seq,
+            children[0].first_time_ns,
+            children[-1].last_time_ns,
+            merged,
+            records=sum(c.records for c in children),
+        )
+        with self._lock:
+            self.merged[(level, idx)] = info
+
+    def _map_at(self, level: int, idx: int) -> MapInfo:
+        return self.level0[idx] if level == 0 else self.merged[(level, idx)]
+
+    # ------------------------------------------------------------ reading
+
+    def decompose(self, n: int) -> list[MapInfo]:
+        """Maps tiling level-0 maps [0, n), oldest first (lock held or not)."""
+        out: list[MapInfo] = []
+        pos = 0
+        top = 0
+        while FANOUT ** (top + 1) <= n:
+            top += 1
+        for level in range(top, -1, -1):
+            span = FANOUT**level
+            while pos + span <= n:
+                info = self.level0[pos] if level == 0 else self.merged.get((level, pos // span))
+                if info is None:
+                    break
+                out.append(info)
+                pos += span
+        return out
+
+    def layers(self, seq: int) -> PitLayers:
+        """Everything needed to read the volume as of sequence number ``seq``."""
+        with self._lock:
+            n = bisect.bisect_right(self._l0_last_seq, seq)
+            whole = self.decompose(n)
+            inside = self.level0[n] if n < len(self.level0) else None
+            if inside is None:
+                partial_recs = [r for r in self.tail if r.seq <= seq]
+        if inside is not None:
+            partial_recs = (
+                [r for r in self.journal.iter_records(inside.j_first, inside.j_end) if r.seq <= seq]
+                if inside.first_seq <= seq
+                else []
+            )
+        time_ns = (
+            partial_recs[-1].time_ns if partial_recs else (whole[-1].last_time_ns if whole else 0)
+        )
+        contributing = list(whole)
+        if inside is not None and partial_recs:
+            contributing.append(inside)
+        return PitLayers(
+            seq,
+            time_ns,
+            records_to_map(partial_recs),
+            [m.id for m in reversed(whole)],
+            contributing,
+        )
+
+    def seq_at_time(self, time_ns: int) -> int | None:
+        """The last record written at or before ``time_ns`` (None: before all)."""
+        with self._lock:
+            n = bisect.bisect_right(self._l0_last_time, time_ns)
+            inside = self.level0[n] if n < len(self.level0) else None
+            best = self.level0[n - 1].last_seq if n else None
+            if inside is None:
+                for r in self.tail:
+                    if r.time_ns > time_ns:
+                        break
+                    best = r.seq
+                return best
+        for r in self.journal.iter_records(inside.j_first, inside.j_end):
+            if r.time_ns > time_ns:
+                break
+            best = r.seq
+        return best
+
+    def time_of(self, seq: int) -> int:
+        return self.layers(seq).time_ns

@@ -1,0 +1,562 @@
+"""ProtectedVolume: a primary plus its write journal, delta maps and catalog.
+
+Write path (one write; the step names are the ones docs/DURABILITY.md uses):
+
+W1. validate (block multiples, inside the volume) -- a refused call changes nothing;
+W2. checksum the payload (outside any lock);
+W3. under the volume's order lock: write the primary, then append the record
+    (this assigns the sequence number and the journal address), so that
+    overlapping writes reach the primary, the journal and every image in
+    sequence order;
+W4. return the sequence number.  The write is *acknowledged as durable* only
+    when a later ``flush()`` (or ``fua=True`` on the write) returns: the
+    journal's group commit has fdatasynced the record and the primary has
+    been fdatasynced.
+
+After a crash the journal holds a prefix of the sequence (no holes); the
+primary may also hold unacknowledged writes that the journal lost: the dirty
+region log (its own issue) bounds where, and resync reconciles them.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import threading
+import time
+import uuid as uuidlib
+
+import structlog
+
+from . import faults
+from . import record as R
+from .catalog import Catalog
+from .errors import (
+    CatalogError,
+    CatalogVersionError,
+    DuplicateBookmark,
+    InvalidArgument,
+    InvalidRange,
+    PointNotAvailable,
+    PrimaryIOError,
+    UnknownBookmark,
+    VolumeClosed,
+    VolumeExists,
+    VolumeNotFound,
+)
+from .fileio import FileIO, OsFileIO, write_file_atomic
+from .image import Image, Point
+from .jobs import Job, JobCancelled
+from .journal import Journal, list_segments, segment_path
+from .mapengine import MapEngine
+
+log = structlog.get_logger("cdp.volume")
+
+VOLUME_FILE = "volume.json"
+CATALOG_FILE = "catalog.sqlite"
+JOURNAL_DIR = "journal"
+DEFAULT_SEGMENT_SIZE = 256 << 20
+BASELINE_CHUNK = 1 << 20
+BOOKMARK_NAME = re.compile(r"^[A-Za-z0-9._:@+][A-Za-z0-9._:@+-]{0,127}$")
+
+
+class ProtectedVolume:
+    """See the module docstring.  Thread-safe."""
+
+    # ------------------------------------------------------------ create / open
+
+    @classmethod
+    def create(
+        cls,
+        state_dir: str,
+        *,
+        primary: str,
+        secondary: str,
+        size: int | None = None,
+        block_size: int = 512,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        io: FileIO | None = None,
+        **options,
+    ) -> ProtectedVolume:
+        """Protect ``primary``; a missing primary file is created (sparse, zeros).
+
+        A primary that already holds data is copied into the journal in the
+        background (the baseline, ``vol.baseline_job``); points are offered
+        once it completes.
+        """
+        io = io or OsFileIO()
+        if block_size not in (512, 4096):
+            raise InvalidArgument(f"block_size {block_size} is not 512 or 4096")
+        if not 1 << 20 <= segment_size <= (4 << 30) - 4096 or segment_size % 4096:
+            raise InvalidArgument(
+                f"segment_size {segment_size} is not a multiple of 4096 "
+                "between 1 MiB and 4 GiB - 4 KiB"
+            )
+        if os.path.exists(os.path.join(state_dir, VOLUME_FILE)):
+            raise VolumeExists(f"{state_dir} already holds a protected volume")
+        jdir = os.path.join(secondary, JOURNAL_DIR)
+        if list_segments(jdir):
+            raise VolumeExists(f"secondary {secondary} already holds a journal")
+        fresh = not os.path.exists(primary)
+        if fresh:
+            if size is None:
+                raise InvalidArgument("size is required when the primary does not exist")
+            cls._check_size(size, block_size)
+            if not os.path.isdir(os.path.dirname(os.path.abspath(primary))):
+                raise InvalidArgument(f"the folder of primary {primary} does not exist")
+            fd = os.open(primary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        else:
+            actual = cls._device_size(primary)
+            if size is None:
+                size = actual - actual % block_size
+            cls._check_size(size, block_size)
+            if actual < size:
+                raise InvalidArgument(
+                    f"primary {primary} holds {actual} bytes, less than size {size}"
+                )
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        os.makedirs(jdir, mode=0o700, exist_ok=True)
+        meta = {
+            "format": 1,
+            "uuid": str(uuidlib.uuid4()),
+            "size": size,
+            "block_size": block_size,
+            "primary": os.path.abspath(primary),
+            "secondary": os.path.abspath(secondary),
+            "segment_size": segment_size,
+            "created_ns": time.time_ns(),
+        }
+        write_file_atomic(
+            io, os.path.join(state_dir, VOLUME_FILE), json.dumps(meta, indent=1).encode()
+        )
+        vol = cls.open(state_dir, io=io, _fresh_primary=fresh, **options)
+        log.info(
+            "volume.created",
+            uuid=meta["uuid"],
+            size=size,
+            block_size=block_size,
+            primary=primary,
+            secondary=secondary,
+            baseline="zeros" if fresh else "copy",
+        )
+        return vol
+
+    @staticmethod
+    def _check_size(size: int, block_size: int) -> None:
+        if size <= 0 or size % block_size:
+            raise InvalidArgument(f"size {size} is not a positive multiple of {block_size}")
+
+    @staticmethod
+    def _device_size(path: str) -> int:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return os.lseek(fd, 0, os.SEEK_END)
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def open(
+        cls,
+        state_dir: str,
+        *,
+        io: FileIO | None = None,
+        map_records: int = 1024,
+        map_seconds: float = 5.0,
+        _fresh_primary: bool = False,
+    ) -> ProtectedVolume:
+        vol = cls.__new__(cls)
+        vol._init(state_dir, io or OsFileIO(), map_records, map_seconds, _fresh_primary)
+        return vol
+
+    def _init(self, state_dir, io, map_records, map_seconds, fresh_primary) -> None:
+        self.state_dir = state_dir
+        self._io = io
+        path = os.path.join(state_dir, VOLUME_FILE)
+        try:
+            with open(path, "rb") as f:
+                meta = json.loads(f.read())
+            self.uuid = uuidlib.UUID(meta["uuid"])
+            self.size = int(meta["size"])
+            self.block_size = int(meta["block_size"])
+            self.primary_path = meta["primary"]
+            self.secondary_path = meta["secondary"]
+            segment_size = int(meta["segment_size"])
+        except FileNotFoundError:
+            raise VolumeNotFound(f"no protected volume in {state_dir}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidArgument(f"{path} is not a volume description: {exc}") from None
+        if meta.get("format") != 1:
+            raise InvalidArgument(f"{path}: format {meta.get('format')} not supported")
+        try:
+            self._pfd = io.open(self.primary_path, os.O_RDWR)
+        except FileNotFoundError:
+            raise VolumeNotFound(f"primary {self.primary_path} is missing") from None
+        self._closed = False
+        self._order_lock = threading.Lock()
+        self._pending_names: set[str] = set()
+        self.baseline_job: Job | None = None
+        jdir = os.path.join(self.secondary_path, JOURNAL_DIR)
+        if not os.path.isdir(jdir):
+            io.close(self._pfd)
+            raise VolumeNotFound(f"secondary journal folder {jdir} is missing")
+        self._journal = Journal(io, jdir, self.uuid, segment_size)
+        try:
+            self._open_catalog(map_records, map_seconds)
+        except BaseException:
+            io.close(self._pfd)
+            raise
+        self._journal.on_durable = self._maps.add
+        self._maps.start()
+        if self._maps.baseline_done_seq is None:
+            self._start_baseline(inline=fresh_primary)
+
+    def _open_catalog(self, map_records: int, map_seconds: float) -> None:
+        cpath = os.path.join(self.state_dir, CATALOG_FILE)
+        for attempt in (1, 2):
+            try:
+                self._catalog = Catalog(cpath)
+                self._catalog.ensure_volume(str(self.uuid), self.size, self.block_size)
+                self._maps = MapEngine(
+                    self._catalog, self._journal, map_records=map_records, map_seconds=map_seconds
+                )
+                self._maps.load()
+                last = self._maps.last_map
+                start, prev_seq, prev_time = 0, 0, 0
+                if last is not None:
+                    self._check_cursor(last)
+                    start, prev_seq, prev_time = last.j_end, last.last_seq, last.last_time_ns
+                break
+            except CatalogVersionError:
+                raise
+            except CatalogError as exc:
+                if attempt == 2:
+                    raise
+                self._set_catalog_aside(cpath, exc)
+        scan = self._journal.scan(start, prev_seq, prev_time)
+        log.info(
+            "journal.recovered",
+            records=len(scan.records),
+            last_seq=scan.last_seq,
+            end=scan.end_reason,
+        )
+        if scan.torn_segment is not None:
+            os.unlink(segment_path(self._journal.folder, scan.torn_segment))
+        self._maps.replay(scan.records)
+        clean = self._catalog.get_meta("clean_close_seq") == str(scan.last_seq)
+        self._catalog.set_meta("clean_close_seq", "")
+        self._journal.start(scan.last_seq, scan.last_time_ns, clean=clean)
+
+    def _check_cursor(self, last) -> None:
+        """The catalog's last map must end where the journal says it does."""
+        found = self._journal.scan(last.j_last, last.last_seq - 1, 0, stop_addr=last.j_end)
+        if not found.records or found.records[-1].seq != last.last_seq:
+            raise CatalogError(
+                f"catalog's last map ends at seq {last.last_seq}, which the journal does not hold"
+            )
+
+    def _set_catalog_aside(self, cpath: str, exc: Exception) -> None:
+        try:
+            self._catalog.close()
+        except Exception:
+            pass
+        aside = f"{cpath}.bad-{time.strftime('%Y%m%dT%H%M%S')}"
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(cpath + suffix):
+                os.replace(cpath + suffix, aside + suffix)
+        log.warning("catalog.rebuild", reason=str(exc), moved_to=aside)
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def state(self) -> str:
+        if self._journal.failed is not None:
+            return "out-of-sync"
+        if self._maps.baseline_done_seq is None:
+            return "baselining"
+        return "in-sync"
+
+    @property
+    def last_seq(self) -> int:
+        return self._journal.last_seq
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise VolumeClosed(str(self.uuid))
+
+    def _check_range(self, offset: int, length: int) -> None:
+        bs = self.block_size
+        if not isinstance(offset, int) or not isinstance(length, int):
+            raise InvalidRange(f"offset and length must be integers, got {offset!r}, {length!r}")
+        if offset < 0 or offset % bs:
+            raise InvalidRange(f"offset {offset} is not a multiple of the block size {bs}")
+        if length < 0 or length % bs:
+            raise InvalidRange(f"length {length} is not a multiple of the block size {bs}")
+        if offset + length > self.size:
+            raise InvalidRange(
+                f"range {offset}+{length} ends past the volume's end ({self.size} bytes)"
+            )
+
+    # ------------------------------------------------------------ I/O
+
+    def write(self, offset: int, data, *, fua: bool = False) -> int:
+        """Write ``data`` at ``offset``; returns the write's sequence number.
+
+        With ``fua=True`` the write is durable on primary and journal when
+        this returns; otherwise a later ``flush()`` makes it so.  Writes above
+        8 MiB become several records (the last one's seq is returned).
+        """
+        self._check_open()
+        length = len(data)
+        self._check_range(offset, length)
+        if length == 0:
+            raise InvalidRange("length 0: nothing to write")
+        payload = data if isinstance(data, bytes) else bytes(data)
+        pieces = [
+            (off, payload[off - offset : off - offset + R.MAX_PAYLOAD])
+            for off in range(offset, offset + length, R.MAX_PAYLOAD)
+        ]
+        crcs = [R.payload_crc(p) for _, p in pieces]
+        with self._order_lock:
+            for (off, piece), pcrc in zip(pieces, crcs, strict=True):
+                self._pwrite(off, piece)
+                faults.point("write.after_primary", offset=off, length=len(piece))
+                rec = self._journal.append(R.WRITE, off, len(piece), piece, pcrc=pcrc)
+        if fua:
+            self._sync(rec.seq)
+        return rec.seq
+
+    def write_zeros(self, offset: int, length: int, *, fua: bool = False) -> int:
+        """Zero a range (UNMAP / WRITE SAME of zeros): journaled as one ZERO record."""
+        self._check_open()
+        self._check_range(offset, length)
+        if length == 0:
+            raise InvalidRange("length 0: nothing to zero")
+        zero = bytes(min(length, 1 << 20))
+        with self._order_lock:
+            for off in range(offset, offset + length, len(zero)):
+                self._pwrite(off, zero[: min(len(zero), offset + length - off)])
+            rec = self._journal.append(R.ZERO, offset, length)
+        if fua:
+            self._sync(rec.seq)
+        return rec.seq
+
+    def _pwrite(self, offset: int, data: bytes) -> None:
+        try:
+            self._io.pwrite_all(self._pfd, data, offset)
+        except OSError as exc:
+            raise PrimaryIOError(
+                f"write of {len(data)} bytes at {offset}: {os.strerror(exc.errno or errno.EIO)}"
+            ) from exc
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Read the live volume (the primary)."""
+        self._check_open()
+        self._check_range(offset, length)
+        try:
+            data = self._io.pread_exact(self._pfd, length, offset)
+        except OSError as exc:
+            raise PrimaryIOError(f"read of {length} bytes at {offset}: {exc}") from exc
+        if len(data) < length:  # a primary file shorter than the volume reads zeros
+            data += bytes(length - len(data))
+        return data
+
+    def flush(self) -> int:
+        """Make every write so far durable on primary and journal; returns its seq."""
+        self._check_open()
+        return self._sync(self._journal.last_seq)
+
+    def _sync(self, seq: int) -> int:
+        self._journal.request_sync(seq)  # the committer syncs the journal meanwhile
+        try:
+            self._io.fdatasync(self._pfd)
+        except OSError as exc:
+            raise PrimaryIOError(f"fdatasync: {exc}") from exc
+        self._journal.sync(seq)
+        return seq
+
+    # ------------------------------------------------------------ points
+
+    def bookmark(self, name: str) -> Point:
+        """Name the present moment; durable when this returns."""
+        self._check_open()
+        if not isinstance(name, str) or not BOOKMARK_NAME.match(name) or name.isdigit():
+            raise InvalidArgument(
+                f"bad bookmark name {name!r}: 1-128 of A-Z a-z 0-9 . _ : @ + -, not starting "
+                "with '-', not all digits"
+            )
+        self._require_baseline()
+        with self._order_lock:
+            if name in self._maps.bookmarks or name in self._pending_names:
+                seq = self._maps.bookmarks.get(name, (None,))[0]
+                raise DuplicateBookmark(name, seq)
+            self._pending_names.add(name)
+            rec = self._journal.append(R.BOOKMARK, 0, 0, name.encode())
+        try:
+            self._sync(rec.seq)
+        finally:
+            self._pending_names.discard(name)
+        return Point(rec.seq, rec.time_ns / 1e9, "bookmark", name)
+
+    def points(self) -> list[Point]:
+        """Bookmarks and delta-map boundaries from the baseline on, oldest first."""
+        done = self._maps.baseline_done_seq
+        if done is None:
+            return []
+        with self._maps._lock:
+            maps = list(self._maps.level0)
+            marks = dict(self._maps.bookmarks)
+        by_seq = {done: Point(done, self._maps.baseline_done_time_ns / 1e9, "baseline")}
+        by_seq.update(
+            {seq: Point(seq, t / 1e9, "bookmark", name) for name, (seq, t) in marks.items()}
+        )
+        for m in maps:
+            if m.last_seq > done and m.last_seq not in by_seq:
+                by_seq[m.last_seq] = Point(m.last_seq, m.last_time_ns / 1e9, "map")
+        return sorted((p for p in by_seq.values() if p.seq >= done), key=lambda p: p.seq)
+
+    def _require_baseline(self) -> None:
+        if self._maps.baseline_done_seq is None:
+            job = self.baseline_job
+            pct = f" ({100 * job.progress:.0f} % copied)" if job else ""
+            raise PointNotAvailable(f"baseline in progress{pct}: no point is offered yet")
+
+    def image(
+        self, seq: int | None = None, time: float | None = None, bookmark: str | None = None
+    ) -> Image:
+        """The volume as it was right after write ``seq`` / at ``time`` / at a bookmark."""
+        self._check_open()
+        given = [a for a in (seq, time, bookmark) if a is not None]
+        if len(given) > 1:
+            raise InvalidArgument("give at most one of seq, time, bookmark")
+        self._require_baseline()
+        done = self._maps.baseline_done_seq
+        if bookmark is not None:
+            if bookmark not in self._maps.bookmarks:
+                raise UnknownBookmark(bookmark)
+            seq = self._maps.bookmarks[bookmark][0]
+        elif time is not None:
+            self._journal.sync()
+            seq = self._maps.seq_at_time(int(round(float(time) * 1e9)))
+            if seq is None or seq < done:
+                raise PointNotAvailable(
+                    f"no point at or before time {time}: the oldest recoverable point is seq {done}"
+                )
+        elif seq is None:
+            seq = self._journal.last_seq
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            raise InvalidArgument(f"seq must be an integer, got {seq!r}")
+        if seq < done:
+            raise PointNotAvailable(f"seq {seq} is before the baseline completed (seq {done})")
+        if seq > self._journal.last_seq:
+            raise PointNotAvailable(
+                f"seq {seq} is not written yet (last is {self._journal.last_seq})"
+            )
+        if seq > self._journal.durable_seq:
+            self._journal.sync(seq)
+        return Image(self, self._maps.layers(seq))
+
+    def close_map(self) -> None:
+        """Close the current delta map now (the map engine's on-demand trigger)."""
+        self._check_open()
+        self._journal.sync()
+        self._maps.close_map()
+
+    # ------------------------------------------------------------ baseline
+
+    def _start_baseline(self, *, inline: bool) -> None:
+        job = Job("baseline", self.size, self._baseline_work)
+        job.done_units = self._maps.baseline_end
+        self.baseline_job = job
+        if inline:
+            job._run()
+            job.wait()
+        else:
+            job.start()
+
+    def wait_baseline(self, timeout: float | None = None) -> None:
+        if self.baseline_job is not None:
+            self.baseline_job.wait(timeout)
+
+    def _baseline_work(self, job: Job) -> dict:
+        """Copy the primary into the journal while I/O goes on ([0055]).
+
+        Each chunk is read and journaled under the order lock, so a host write
+        to that chunk is either in the copy or journaled after it.
+        """
+        pos = self._maps.baseline_end
+        copied = zeroed = 0
+        zero = bytes(BASELINE_CHUNK)
+        while pos < self.size:
+            if job.cancelled or self._closed:
+                raise JobCancelled()
+            with self._order_lock:
+                data_at = self._next_data(pos)
+                if data_at > pos:
+                    self._journal.append(R.ZERO, pos, data_at - pos, flags=R.FLAG_BASELINE)
+                    zeroed += data_at - pos
+                    n = data_at - pos
+                else:
+                    n = min(BASELINE_CHUNK, self.size - pos)
+                    chunk = self.read(pos, n)
+                    if chunk == zero[:n]:
+                        self._journal.append(R.ZERO, pos, n, flags=R.FLAG_BASELINE)
+                        zeroed += n
+                    else:
+                        self._journal.append(R.WRITE, pos, n, chunk, flags=R.FLAG_BASELINE)
+                        copied += n
+            pos += n
+            job.advance(n)
+            faults.point("baseline.chunk", pos=pos, job=job)
+        rec = self._journal.append(R.BASELINE_DONE, 0, self.size)
+        self._journal.sync(rec.seq)
+        log.info("baseline.done", seq=rec.seq, copied=copied, zeroed=zeroed)
+        return {"bytes_copied": copied, "bytes_zero": zeroed, "seq": rec.seq}
+
+    def _next_data(self, pos: int) -> int:
+        """Start of the next data at or after ``pos`` (holes read as zeros)."""
+        try:
+            nxt = os.lseek(self._pfd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return self.size
+            return pos  # not supported (block device): treat as data
+        nxt -= nxt % self.block_size
+        return min(max(nxt, pos), self.size)
+
+    # ------------------------------------------------------------ close
+
+    def close(self) -> None:
+        """Stop background work, make everything durable, mark a clean close."""
+        if self._closed:
+            return
+        job = self.baseline_job
+        if job is not None and not job.done:
+            job.cancel()
+            try:
+                job.wait(60)
+            except JobCancelled:
+                pass
+        self._closed = True
+        failed = self._journal.failed is not None
+        try:
+            self._journal.close()
+            self._maps.stop(close_tail=not failed)
+            self._io.fdatasync(self._pfd)
+            if not failed and self._maps.error is None:
+                self._catalog.set_meta("clean_close_seq", str(self._journal.last_seq))
+        finally:
+            self._catalog.close()
+            self._io.close(self._pfd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

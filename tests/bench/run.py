@@ -1,0 +1,242 @@
+"""Engine benchmarks: each figure is a ratio against a reference measured in
+the same run on the same filesystem, written to docs/PERFORMANCE.md.
+
+    python -m tests.bench.run --workdir DIR --out docs/PERFORMANCE.md [--quick]
+
+--quick shrinks every size so the whole run takes seconds (used by the test
+suite to keep this script working); its figures are not meaningful.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from appliance.engine import ProtectedVolume
+from appliance.engine import record as R
+from appliance.engine.fileio import OsFileIO
+from appliance.engine.journal import Journal
+
+MiB = 1 << 20
+
+
+def fresh(workdir: Path, name: str) -> Path:
+    d = workdir / name
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    return d
+
+
+def _plain_seq(d: Path, block: bytes, n: int) -> float:
+    fd = os.open(d / "plain", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        os.write(fd, block)
+    os.fdatasync(fd)
+    took = time.perf_counter() - t0
+    os.close(fd)
+    os.unlink(d / "plain")
+    return took
+
+
+def _journal_seq(d: Path, block: bytes, n: int) -> float:
+    shutil.rmtree(d / "journal", ignore_errors=True)
+    j = Journal(OsFileIO(), str(d / "journal"), uuid.uuid4(), 256 * MiB)
+    j.start(0, 0, clean=True)
+    t0 = time.perf_counter()
+    for i in range(n):
+        j.append(R.WRITE, (i * len(block)) % (1 << 40), len(block), block)
+    j.sync()
+    took = time.perf_counter() - t0
+    j.close()
+    shutil.rmtree(d / "journal")
+    return took
+
+
+def bench_journal_append(workdir: Path, total: int, rounds: int = 3) -> dict:
+    """64 KiB sequential journal appends vs plain sequential writes, both synced at the end.
+
+    Alternated ``rounds`` times; the median of each side is compared.
+    """
+    block = os.urandom(64 << 10)
+    n = total // len(block)
+    d = fresh(workdir, "append")
+    plain, journal = [], []
+    for _ in range(rounds):
+        plain.append(_plain_seq(d, block, n))
+        journal.append(_journal_seq(d, block, n))
+    p, j = statistics.median(plain), statistics.median(journal)
+    shutil.rmtree(d)
+    mb = n * len(block) / MiB
+    return {
+        "name": "64 KiB sequential journal appends vs plain sequential writes",
+        "ratio": p / j,
+        "goal": ">= 0.9",
+        "detail": f"{mb:.0f} MiB x {rounds} alternated rounds (medians): journal "
+        f"{mb / j:.0f} MiB/s, plain {mb / p:.0f} MiB/s",
+    }
+
+
+def bench_random_writes(workdir: Path, count: int, size: int) -> dict:
+    """4 KiB random vol.write, flush every 64, vs plain pwrite + fdatasync every 64."""
+    rnd = random.Random(1)
+    offsets = [rnd.randrange(0, size // 4096) * 4096 for _ in range(count)]
+    data = os.urandom(4096)
+    d = fresh(workdir, "randw")
+    fd = os.open(d / "plain", os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, size)
+    t0 = time.perf_counter()
+    for i, off in enumerate(offsets):
+        os.pwrite(fd, data, off)
+        if i % 64 == 63:
+            os.fdatasync(fd)
+    os.fdatasync(fd)
+    plain = time.perf_counter() - t0
+    os.close(fd)
+    vol = ProtectedVolume.create(
+        str(d / "state"),
+        primary=str(d / "primary"),
+        secondary=str(d / "sec"),
+        size=size,
+        block_size=4096,
+    )
+    t0 = time.perf_counter()
+    for i, off in enumerate(offsets):
+        vol.write(off, data)
+        if i % 64 == 63:
+            vol.flush()
+    vol.flush()
+    engine = time.perf_counter() - t0
+    vol.close()
+    shutil.rmtree(d)
+    return {
+        "name": "4 KiB random vol.write (journal + primary, flush every 64) vs plain pwrite",
+        "ratio": plain / engine,
+        "goal": ">= 0.5",
+        "detail": f"{count} writes: engine {count / engine:.0f} IOPS, "
+        f"plain {count / plain:.0f} IOPS",
+    }
+
+
+def build_big(d: Path, writes: int, maps: int, size: int) -> None:
+    vol = ProtectedVolume.create(
+        str(d / "state"),
+        primary=str(d / "primary"),
+        secondary=str(d / "sec"),
+        size=size,
+        block_size=4096,
+        map_records=max(1, writes // maps),
+        map_seconds=3600,
+    )
+    rnd = random.Random(2)
+    data = os.urandom(4096)
+    blocks = size // 4096
+    for i in range(writes):
+        vol.write(rnd.randrange(blocks) * 4096, data)
+        if i % 4096 == 4095:
+            vol.flush()
+    vol.close()
+
+
+def bench_open_image(workdir: Path, writes: int, maps: int, size: int) -> list[dict]:
+    d = fresh(workdir, "bigchain")
+    t0 = time.perf_counter()
+    build_big(d, writes, maps, size)
+    build = time.perf_counter() - t0
+    probe = subprocess.run(
+        [sys.executable, "-m", "tests.bench.open_probe", str(d / "state")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    r = json.loads(probe.stdout.strip().splitlines()[-1])
+    shutil.rmtree(d)
+    detail = (
+        f"{writes} writes of 4 KiB, {r['maps']} delta maps ({r['merged']} merged), "
+        f"built in {build:.0f} s"
+    )
+    return [
+        {
+            "name": "open an image and read 1 MiB from it (seconds, median of 5 points)",
+            "value": r["image_read_s"],
+            "goal": "< 1 s",
+            "detail": detail,
+        },
+        {
+            "name": "open the volume itself (catalog load, journal tail scan), seconds",
+            "value": r["open_s"],
+            "goal": "(reported)",
+            "detail": detail,
+        },
+        {
+            "name": "peak RSS of that process (MiB)",
+            "value": r["rss_mib"],
+            "goal": "(reported)",
+            "detail": "ru_maxrss after opening the volume and 5 images",
+        },
+    ]
+
+
+def write_report(out: Path, rows: list[dict], argv: list[str], quick: bool) -> None:
+    lines = [
+        "# Performance",
+        "",
+        "Produced by `make bench` (`python -m " + " ".join(["tests.bench.run"] + argv) + "`)",
+        f"on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "
+        f"Python {platform.python_version()}, {os.cpu_count()} cores.",
+        "Ratios are engine throughput / reference throughput measured in the same run on",
+        "the same filesystem: 1.0 means as fast as the reference.",
+        "",
+    ]
+    if quick:
+        lines += ["**Quick mode: sizes shrunk to seconds; these figures mean nothing.**", ""]
+    lines += ["| benchmark | figure | goal | detail |", "|---|---|---|---|"]
+    for r in rows:
+        fig = f"{r['ratio']:.2f}x" if "ratio" in r else f"{r['value']:.3f}"
+        lines.append(f"| {r['name']} | {fig} | {r['goal']} | {r['detail']} |")
+    out.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--big-writes", type=int, default=1_000_000)
+    ap.add_argument("--big-maps", type=int, default=10_000)
+    args = ap.parse_args(argv)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    q = args.quick
+    rows = [
+        bench_journal_append(workdir, 16 * MiB if q else 1024 * MiB),
+        bench_random_writes(workdir, 640 if q else 20_000, 64 * MiB if q else 1024 * MiB),
+    ]
+    for r in rows:
+        print(f"{r['name']}: {r['ratio']:.2f}x ({r['detail']})", flush=True)
+    big = bench_open_image(
+        workdir,
+        2000 if q else args.big_writes,
+        40 if q else args.big_maps,
+        64 * MiB if q else 1024 * MiB,
+    )
+    for r in big:
+        print(f"{r['name']}: {r['value']:.3f} ({r['detail']})", flush=True)
+    rows += big
+    write_report(Path(args.out), rows, argv, q)
+
+
+if __name__ == "__main__":
+    main()
