@@ -8,11 +8,13 @@ Semantics (the byte layouts are in docs/FORMAT.md):
 * ``append`` assigns the sequence number and the record's journal address at
   once, under one lock, so journal order *is* sequence order.  The record then
   waits in memory for the committer.
-* The **committer** thread takes everything pending, writes it with one
-  ``pwritev`` per segment touched and, when anybody waits for durability (or
-  1 s passed, or 65,536 records are unsynced), one ``fdatasync``: that is the
-  group commit.  A record is **durable** once the ``fdatasync`` that follows
-  its write returned; ``sync(seq)`` returns only then.
+* The **writer** thread takes everything pending and writes it with one
+  ``pwritev`` per segment touched.  The **syncer** thread, beside it, runs one
+  ``fdatasync`` for everything written so far whenever anybody waits for
+  durability (or 1 s passed, or 65,536 records are unsynced), while the writer
+  goes on filling the page cache: a pipelined group commit.  A record is
+  **durable** once an ``fdatasync`` that started after its write returned;
+  ``sync(seq)`` returns only then, and only after the map engine got it.
 * **Fail-stop**: if a write or ``fdatasync`` of the journal fails, the journal
   is failed for good.  Nothing at or after the failed group is ever reported
   durable (a retried fdatasync may "succeed" after the kernel dropped the
@@ -157,7 +159,8 @@ class Journal:
         self._unsynced = 0
         self._failed: JournalFailed | None = None
         self._closing = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._old_fds: list[int] = []
         self._wfd: int | None = None
         self._wsegno = 0
         self._inflight: list[Rec] = []
@@ -284,8 +287,12 @@ class Journal:
         self._last_time = last_time_ns
         self._written_seq = self._durable_seq = self._sync_wanted = last_seq
         self._open_segment(self._segno)
-        self._thread = threading.Thread(target=self._committer, name="cdp-journal", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._writer, name="cdp-journal-writer", daemon=True),
+            threading.Thread(target=self._syncer, name="cdp-journal-syncer", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
 
     @property
     def last_seq(self) -> int:
@@ -376,7 +383,7 @@ class Journal:
 
     def close(self) -> None:
         """Make everything durable and stop; safe to call twice."""
-        if self._thread is not None:
+        if self._threads:
             try:
                 if not self._failed:
                     self.sync()
@@ -384,11 +391,12 @@ class Journal:
                 with self._cond:
                     self._closing = True
                     self._cond.notify_all()
-                self._thread.join()
-                self._thread = None
-        if self._wfd is not None:
-            self.io.close(self._wfd)
-            self._wfd = None
+                for t in self._threads:
+                    t.join()
+                self._threads = []
+        for fd in self._old_fds + ([self._wfd] if self._wfd is not None else []):
+            self.io.close(fd)
+        self._old_fds, self._wfd = [], None
         with self._rlock:
             for fd in self._rfds.values():
                 self.io.close(fd)
@@ -402,62 +410,95 @@ class Journal:
         )
         self.io.pwrite_all(fd, header, 0)
         self.io.fsync_dir(self.folder)
-        if self._wfd is not None:
-            self.io.close(self._wfd)
-        self._wfd, self._wsegno = fd, segno
+        with self._cond:
+            if self._wfd is not None:
+                self._old_fds.append(self._wfd)  # the syncer may still use it
+            self._wfd, self._wsegno = fd, segno
 
-    def _committer(self) -> None:
-        last_sync = time.monotonic()
+    def _fail(self, exc: Exception) -> None:
+        """Fail-stop: see the module docstring."""
+        with self._cond:
+            if self._failed is None:
+                self._failed = JournalFailed(self._durable_seq, f"{type(exc).__name__}: {exc}")
+                log.error("journal.failed", durable_seq=self._durable_seq, error=str(exc))
+            self._pending = []
+            self._cond.notify_all()
+
+    def _writer(self) -> None:
+        """Thread: pending records -> segment files (one pwritev per segment touched)."""
         while True:
             with self._cond:
-                while True:
-                    if self._pending:
-                        break
-                    if (
-                        self._sync_wanted > self._durable_seq
-                        and self._written_seq > self._durable_seq
-                    ):
-                        break
-                    if self._closing:
-                        return
-                    wait = None
-                    if self._written_seq > self._durable_seq:
-                        wait = max(0.0, SYNC_INTERVAL - (time.monotonic() - last_sync))
-                        if wait == 0.0:
-                            break
-                    self._cond.wait(wait)
+                while (
+                    not self._failed
+                    and (not self._pending or self._unsynced >= 2 * MAX_UNSYNCED_RECORDS)
+                    and not (self._closing and not self._pending)
+                ):
+                    self._cond.wait()
+                if self._failed or not self._pending:
+                    return
                 batch, self._pending = self._pending, []
                 self._pending_bytes = 0
                 self._cond.notify_all()
             try:
-                if batch:
-                    self._write_batch(batch)
-                with self._cond:
-                    self._written_seq = batch[-1][0].seq if batch else self._written_seq
-                    self._unsynced += len(batch)
-                    need = (
-                        self._sync_wanted > self._durable_seq
-                        or self._closing
-                        or self._unsynced >= MAX_UNSYNCED_RECORDS
-                        or time.monotonic() - last_sync >= SYNC_INTERVAL
-                    )
-                    target = self._written_seq
-                if need and target > self._durable_seq:
-                    self.io.fdatasync(self._wfd)
-                    last_sync = time.monotonic()
-                    self._deliver()
-                    with self._cond:
-                        self._durable_seq = target
-                        self._unsynced = 0
-                        self._cond.notify_all()
-            except Exception as exc:  # fail-stop: see the module docstring
-                err = JournalFailed(self._durable_seq, f"{type(exc).__name__}: {exc}")
-                log.error("journal.failed", durable_seq=self._durable_seq, error=str(exc))
-                with self._cond:
-                    self._failed = err
-                    self._pending = []
-                    self._cond.notify_all()
+                self._write_batch(batch)
+            except Exception as exc:
+                self._fail(exc)
                 return
+            with self._cond:
+                self._inflight.extend(rec for rec, _, _ in batch)
+                self._written_seq = batch[-1][0].seq
+                self._unsynced += len(batch)
+                self._cond.notify_all()
+
+    def _sync_due(self, last_sync: float) -> float | None:
+        """0 when the syncer should sync now, else how long to wait (lock held)."""
+        if self._written_seq <= self._durable_seq:
+            return None
+        if (
+            self._sync_wanted > self._durable_seq
+            or self._closing
+            or self._unsynced >= MAX_UNSYNCED_RECORDS
+        ):
+            return 0.0
+        return max(0.0, SYNC_INTERVAL - (time.monotonic() - last_sync))
+
+    def _syncer(self) -> None:
+        """Thread: fdatasync what the writer wrote; report it durable; hand it on.
+
+        Runs beside the writer, so new records go to the page cache while the
+        previous group is being synced (a pipelined group commit).
+        """
+        last_sync = time.monotonic()
+        while True:
+            with self._cond:
+                while True:
+                    if self._failed:
+                        return
+                    wait = self._sync_due(last_sync)
+                    if wait == 0.0:
+                        break
+                    if wait is None and self._closing and not self._pending:
+                        return
+                    self._cond.wait(wait)
+                target, fd = self._written_seq, self._wfd
+                recs, self._inflight = self._inflight, []
+                old, self._old_fds = self._old_fds, []
+            try:
+                self.io.fdatasync(fd)
+            except Exception as exc:
+                self._fail(exc)
+                return
+            last_sync = time.monotonic()
+            # Hand on before reporting durable: once sync() returns, the map
+            # engine (and so every image) already has the records.
+            if self.on_durable and recs:
+                self.on_durable(recs)
+            with self._cond:
+                self._durable_seq = target
+                self._unsynced -= len(recs)
+                self._cond.notify_all()
+            for ofd in old:
+                self.io.close(ofd)
 
     def _write_batch(self, batch: list[tuple[Rec, bytes, object]]) -> None:
         i = 0
@@ -473,16 +514,8 @@ class Journal:
                 bufs.append(header)
                 if rec.payload_len:
                     bufs.append(payload)
-                self._inflight.append(rec)
                 i += 1
             self.io.pwritev_all(self._wfd, bufs, start)
-
-    def _deliver(self) -> None:
-        # Runs in the committer right after an fdatasync: everything written
-        # so far is durable now.
-        recs, self._inflight = self._inflight, []
-        if self.on_durable and recs:
-            self.on_durable(recs)
 
     # ------------------------------------------------------------------ reading
 

@@ -136,14 +136,15 @@ class MapEngine:
         if not recs:
             return
         with self._lock:
-            if not self.tail:
+            was_empty = not self.tail
+            if was_empty:
                 self._tail_since = time.monotonic()
             self.tail.extend(recs)
             self._tail_seqs.extend(r.seq for r in recs)
             if self._note(recs):
                 self._close_upto.extend(r.seq for r in recs if r.kind == R.BOOKMARK)
-            if len(self.tail) >= self.map_records or self._close_upto:
-                self._wake.notify_all()
+            if was_empty or len(self.tail) >= self.map_records or self._close_upto:
+                self._wake.notify_all()  # also re-arms the thread's time trigger
 
     # ------------------------------------------------------------ the thread
 
