@@ -23,7 +23,7 @@ from sqlite_utils.migrations import Migrations
 from .errors import CatalogError, CatalogVersionError
 from .extents import ExtentMap
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 migrations = Migrations("cdp-catalog")
 
@@ -63,7 +63,15 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["segment"].create(
         {"segno": int, "first_seq": int, "last_seq": int, "bytes": int}, pk="segno"
     )
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    db.execute("PRAGMA user_version = 1")
+
+
+@migrations()
+def m002_fixup_and_jobs(db: sqlite_utils.Database) -> None:
+    """Re-baseline and resync: fix-up maps, and checkpoints of running jobs ([0062])."""
+    db.execute("ALTER TABLE delta_map ADD COLUMN fixup INTEGER NOT NULL DEFAULT 0")
+    db["job"].create({"name": str, "state": str, "regions": bytes}, pk="name")
+    db.execute("PRAGMA user_version = 2")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +89,12 @@ class MapInfo:
     records: int
     extents: int
     suspect: bool = False
+    fixup: bool = False
 
 
 _MAP_COLS = (
     "id, level, idx, first_seq, last_seq, first_time_ns, last_time_ns, j_first, "
-    "j_last, j_end, records, extents, suspect"
+    "j_last, j_end, records, extents, suspect, fixup"
 )
 
 _EXTENTS_IN = """SELECT p_start, p_end, addr FROM extent WHERE map_id = ?1 AND p_start >=
@@ -165,7 +174,7 @@ class Catalog:
             rows = self.conn.execute(
                 f"SELECT {_MAP_COLS} FROM delta_map ORDER BY level, idx"
             ).fetchall()
-        return [MapInfo(*r[:-1], bool(r[-1])) for r in rows]
+        return [MapInfo(*r[:-2], bool(r[-2]), bool(r[-1])) for r in rows]
 
     def add_map(
         self,
@@ -282,3 +291,50 @@ class Catalog:
                 t: self.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                 for t in ("delta_map", "extent", "bookmark", "segment")
             }
+
+    def set_map_flags(
+        self, map_ids: list[int], *, suspect: bool | None = None, fixup: bool | None = None
+    ) -> None:
+        with self._lock:
+            for map_id in map_ids:
+                if suspect is not None:
+                    self.conn.execute(
+                        "UPDATE delta_map SET suspect = ? WHERE id = ?", (int(suspect), map_id)
+                    )
+                if fixup is not None:
+                    self.conn.execute(
+                        "UPDATE delta_map SET fixup = ? WHERE id = ?", (int(fixup), map_id)
+                    )
+
+    def map_regions(self, map_id: int, region_size: int):
+        """The set of regions a map's extents touch (a pyroaring BitMap)."""
+        from pyroaring import BitMap
+
+        out = BitMap()
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT p_start, p_end FROM extent WHERE map_id = ?", (map_id,)
+            ).fetchall()
+        for s, e in rows:
+            out.add_range(s // region_size, (e - 1) // region_size + 1)
+        return out
+
+    # ------------------------------------------------------------ job checkpoints
+
+    def save_job(self, name: str, state: str, regions: bytes = b"") -> None:
+        with self._lock:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO job (name, state, regions) VALUES (?, ?, ?)",
+                (name, state, regions),
+            )
+
+    def load_job(self, name: str) -> tuple[str, bytes] | None:
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT state, regions FROM job WHERE name = ?", (name,)
+            ).fetchone()
+        return (row[0], bytes(row[1] or b"")) if row else None
+
+    def delete_job(self, name: str) -> None:
+        with self._lock:
+            self.conn.execute("DELETE FROM job WHERE name = ?", (name,))

@@ -88,7 +88,7 @@ class Image:
         self.time = layers.time_ns / 1e9
         self.size = volume.size
         self.block_size = volume.block_size
-        self.suspect = any(m.suspect for m in layers.contributing[-1:])
+        self.suspect = layers.suspect
 
     def read(self, offset: int, length: int) -> bytes:
         self._vol._check_range(offset, length)

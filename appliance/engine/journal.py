@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from . import faults
 from . import record as R
 from .errors import InvalidArgument, JournalCorrupt, JournalFailed
 from .fileio import FileIO
@@ -161,6 +162,7 @@ class Journal:
         self._closing = False
         self._threads: list[threading.Thread] = []
         self._old_fds: list[int] = []
+        self._lost: list[Rec] = []
         self._wfd: int | None = None
         self._wsegno = 0
         self._inflight: list[Rec] = []
@@ -214,7 +216,7 @@ class Journal:
                     )
                 if hdr.segno != segno:
                     raise JournalCorrupt(f"segment file {segno} says it is segment {hdr.segno}")
-                if segno != first_seg and hdr.prev_last_seq != last_seq:
+                if segno != first_seg and last_seq < hdr.prev_last_seq:
                     raise JournalCorrupt(
                         f"segment {segno} follows seq {hdr.prev_last_seq} but the journal "
                         f"before it ends at seq {last_seq}: durable records are missing"
@@ -275,13 +277,21 @@ class Journal:
 
     # ------------------------------------------------------------------ writing
 
-    def start(self, last_seq: int, last_time_ns: int, *, clean: bool) -> None:
-        """Begin appending after a scan: a new segment, the committer thread."""
+    def start(
+        self, last_seq: int, last_time_ns: int, *, clean: bool, durable_floor: int | None = None
+    ) -> None:
+        """Begin appending after a scan: a new segment, the writer and syncer threads.
+
+        ``durable_floor`` (default ``last_seq``) goes into the new segment's
+        ``prev_last_seq``: the journal before it holds at least that much
+        durably.  After a failed sync it is the last seq known durable, since
+        records found past it may still vanish.
+        """
         os.makedirs(self.folder, exist_ok=True)
         segnos = list_segments(self.folder)
         self._segno = (segnos[-1] + 1) if segnos else 1
         self._pos = R.SEGMENT_HEADER_SIZE
-        self._segment_prev[self._segno] = last_seq
+        self._segment_prev[self._segno] = last_seq if durable_floor is None else durable_floor
         self._last_seq = last_seq
         self._next_seq = last_seq + 1 + (0 if clean or last_seq == 0 else SEQ_GAP)
         self._last_time = last_time_ns
@@ -360,6 +370,11 @@ class Journal:
             self._cond.notify_all()
             return rec
 
+    def undelivered(self) -> list[Rec]:
+        """After a failure: records appended but never reported durable."""
+        with self._cond:
+            return list(self._inflight) + self._lost + [rec for rec, _, _ in self._pending]
+
     def request_sync(self, seq: int) -> None:
         """Ask the committer to make ``seq`` durable soon, without waiting."""
         with self._cond:
@@ -421,6 +436,7 @@ class Journal:
             if self._failed is None:
                 self._failed = JournalFailed(self._durable_seq, f"{type(exc).__name__}: {exc}")
                 log.error("journal.failed", durable_seq=self._durable_seq, error=str(exc))
+            self._lost.extend(rec for rec, _, _ in self._pending)
             self._pending = []
             self._cond.notify_all()
 
@@ -442,8 +458,11 @@ class Journal:
             try:
                 self._write_batch(batch)
             except Exception as exc:
+                with self._cond:
+                    self._lost.extend(rec for rec, _, _ in batch)
                 self._fail(exc)
                 return
+            faults.point("journal.after_write", last_seq=batch[-1][0].seq)
             with self._cond:
                 self._inflight.extend(rec for rec, _, _ in batch)
                 self._written_seq = batch[-1][0].seq
@@ -489,6 +508,7 @@ class Journal:
                 self._fail(exc)
                 return
             last_sync = time.monotonic()
+            faults.point("journal.after_sync", seq=target)
             # Hand on before reporting durable: once sync() returns, the map
             # engine (and so every image) already has the records.
             if self.on_durable and recs:

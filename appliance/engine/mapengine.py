@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ class PitLayers:
     partial: ExtentMap  # records after the last whole map, up to seq
     map_ids: list[int]  # whole maps, newest first
     contributing: list[MapInfo]
+    suspect: bool = False
 
 
 class MapEngine:
@@ -88,6 +90,9 @@ class MapEngine:
         self._stop = False
         self._thread: threading.Thread | None = None
         self.error: Exception | None = None
+        # Points from this seq on are suspect until a fix-up map closes
+        # (set while the journal and the primary disagree: out of sync, resync).
+        self.suspect_from: int | None = None
 
     # ------------------------------------------------------------ state
 
@@ -352,6 +357,18 @@ class MapEngine:
                 if inside.first_seq <= seq
                 else []
             )
+        with self._lock:
+            if inside is not None and inside.first_seq <= seq:
+                holder = self.level0[inside.idx]
+            elif n and (inside is not None or seq == self.level0[n - 1].last_seq):
+                holder = self.level0[n - 1]
+            else:
+                holder = None  # the tail
+            suspect = bool(holder and holder.suspect) or (
+                self.suspect_from is not None
+                and seq >= self.suspect_from
+                and not (holder and holder.fixup)
+            )
         time_ns = (
             partial_recs[-1].time_ns if partial_recs else (whole[-1].last_time_ns if whole else 0)
         )
@@ -364,6 +381,7 @@ class MapEngine:
             records_to_map(partial_recs),
             [m.id for m in reversed(whole)],
             contributing,
+            suspect,
         )
 
     def seq_at_time(self, time_ns: int) -> int | None:
@@ -386,3 +404,36 @@ class MapEngine:
 
     def time_of(self, seq: int) -> int:
         return self.layers(seq).time_ns
+
+    # ------------------------------------------------------------ re-baseline marks
+
+    def set_flags(
+        self, idxs: list[int], *, suspect: bool | None = None, fixup: bool | None = None
+    ) -> None:
+        """Mark level-0 maps suspect / fix-up ([0058]-[0059]), in catalog and memory.
+
+        A merged map is suspect exactly when its newest child is: a suspect map
+        merged with a newer fix-up map is clean.
+        """
+        with self._lock:
+            infos = [self.level0[i] for i in idxs]
+        self.catalog.set_map_flags([m.id for m in infos], suspect=suspect, fixup=fixup)
+        changes = {}
+        if suspect is not None:
+            changes["suspect"] = suspect
+        if fixup is not None:
+            changes["fixup"] = fixup
+        with self._lock:
+            for m in infos:
+                self.level0[m.idx] = dataclasses.replace(self.level0[m.idx], **changes)
+            merged = list(self.merged.items())
+        for (level, idx), info in merged:
+            newest = self.level0[(idx + 1) * FANOUT**level - 1]
+            if info.suspect != newest.suspect:
+                self.catalog.set_map_flags([info.id], suspect=newest.suspect)
+                with self._lock:
+                    self.merged[(level, idx)] = dataclasses.replace(info, suspect=newest.suspect)
+
+    def level0_regions(self, idx: int, region_size: int):
+        """The regions (a BitMap) touched by level-0 map ``idx``."""
+        return self.catalog.map_regions(self.level0[idx].id, region_size)

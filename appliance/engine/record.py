@@ -51,7 +51,8 @@ KIND_NAMES = {
 DATA_KINDS = (WRITE, ZERO)
 
 # Record flags.
-FLAG_BASELINE = 1
+FLAG_BASELINE = 1  # part of the initial copy of the primary
+FLAG_FIXUP = 2  # copied from the primary by a re-baseline or resync
 
 MAX_BOOKMARK_NAME = 255
 

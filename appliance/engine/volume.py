@@ -33,12 +33,14 @@ import structlog
 from . import faults
 from . import record as R
 from .catalog import Catalog
+from .drl import DirtyRegionLog
 from .errors import (
     CatalogError,
     CatalogVersionError,
     DuplicateBookmark,
     InvalidArgument,
     InvalidRange,
+    JournalFailed,
     PointNotAvailable,
     PrimaryIOError,
     UnknownBookmark,
@@ -48,21 +50,22 @@ from .errors import (
 )
 from .fileio import FileIO, OsFileIO, write_file_atomic
 from .image import Image, Point
-from .jobs import Job, JobCancelled
+from .jobs import Job
 from .journal import Journal, list_segments, segment_path
 from .mapengine import MapEngine
+from .protection import DEFAULT_REGION_SIZE, MODES, Protection
 
 log = structlog.get_logger("cdp.volume")
 
 VOLUME_FILE = "volume.json"
 CATALOG_FILE = "catalog.sqlite"
+DRL_FILE = "drl.bin"
 JOURNAL_DIR = "journal"
 DEFAULT_SEGMENT_SIZE = 256 << 20
-BASELINE_CHUNK = 1 << 20
 BOOKMARK_NAME = re.compile(r"^[A-Za-z0-9._:@+][A-Za-z0-9._:@+-]{0,127}$")
 
 
-class ProtectedVolume:
+class ProtectedVolume(Protection):
     """See the module docstring.  Thread-safe."""
 
     # ------------------------------------------------------------ create / open
@@ -77,6 +80,8 @@ class ProtectedVolume:
         size: int | None = None,
         block_size: int = 512,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
+        mode: str = "sync",
+        region_size: int = DEFAULT_REGION_SIZE,
         io: FileIO | None = None,
         **options,
     ) -> ProtectedVolume:
@@ -84,9 +89,16 @@ class ProtectedVolume:
 
         A primary that already holds data is copied into the journal in the
         background (the baseline, ``vol.baseline_job``); points are offered
-        once it completes.
+        once it completes.  ``mode``: ``sync`` (a write is acknowledged once
+        primary and journal hold it) or ``async`` (once the primary holds it;
+        the journal catches up, the DRL covers the gap).  ``region_size``: the
+        DRL's region, a power of two from 4 KiB.
         """
         io = io or OsFileIO()
+        if mode not in MODES:
+            raise InvalidArgument(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        if region_size < 4096 or region_size & (region_size - 1):
+            raise InvalidArgument(f"region_size {region_size} is not a power of two >= 4096")
         if block_size not in (512, 4096):
             raise InvalidArgument(f"block_size {block_size} is not 512 or 4096")
         if not 1 << 20 <= segment_size <= (4 << 30) - 4096 or segment_size % 4096:
@@ -131,6 +143,8 @@ class ProtectedVolume:
             "primary": os.path.abspath(primary),
             "secondary": os.path.abspath(secondary),
             "segment_size": segment_size,
+            "mode": mode,
+            "region_size": region_size,
             "created_ns": time.time_ns(),
         }
         write_file_atomic(
@@ -169,9 +183,19 @@ class ProtectedVolume:
         io: FileIO | None = None,
         map_records: int = 1024,
         map_seconds: float = 5.0,
+        drl_reset_interval: float | None = 10.0,
+        secondary_retry: float = 5.0,
         _fresh_primary: bool = False,
     ) -> ProtectedVolume:
+        """Open a protected volume: recover the journal, resume interrupted jobs.
+
+        ``drl_reset_interval``: seconds between DRL resets (None: never);
+        ``secondary_retry``: seconds between attempts to bring a failed
+        secondary back.
+        """
         vol = cls.__new__(cls)
+        vol.drl_reset_interval = drl_reset_interval
+        vol.secondary_retry = secondary_retry
         vol._init(state_dir, io or OsFileIO(), map_records, map_seconds, _fresh_primary)
         return vol
 
@@ -188,6 +212,8 @@ class ProtectedVolume:
             self.primary_path = meta["primary"]
             self.secondary_path = meta["secondary"]
             segment_size = int(meta["segment_size"])
+            self.mode = meta.get("mode", "sync")
+            self.region_size = int(meta.get("region_size", DEFAULT_REGION_SIZE))
         except FileNotFoundError:
             raise VolumeNotFound(f"no protected volume in {state_dir}") from None
         except (ValueError, KeyError, TypeError) as exc:
@@ -199,23 +225,27 @@ class ProtectedVolume:
         except FileNotFoundError:
             raise VolumeNotFound(f"primary {self.primary_path} is missing") from None
         self._closed = False
-        self._order_lock = threading.Lock()
+        self._order_lock = threading.RLock()
+        self._init_protection()
         self._pending_names: set[str] = set()
         self.baseline_job: Job | None = None
         jdir = os.path.join(self.secondary_path, JOURNAL_DIR)
         if not os.path.isdir(jdir):
             io.close(self._pfd)
             raise VolumeNotFound(f"secondary journal folder {jdir} is missing")
+        self.segment_size = segment_size
         self._journal = Journal(io, jdir, self.uuid, segment_size)
         try:
-            self._open_catalog(map_records, map_seconds)
+            self._drl = DirtyRegionLog(
+                io, os.path.join(state_dir, DRL_FILE), self.uuid, self.size, self.region_size
+            )
+            clean = self._open_catalog(map_records, map_seconds)
         except BaseException:
             io.close(self._pfd)
             raise
-        self._journal.on_durable = self._maps.add
+        self._journal.on_durable = self._on_durable
         self._maps.start()
-        if self._maps.baseline_done_seq is None:
-            self._start_baseline(inline=fresh_primary)
+        self._recover(clean, fresh_primary)
 
     def _open_catalog(self, map_records: int, map_seconds: float) -> None:
         cpath = os.path.join(self.state_dir, CATALOG_FILE)
@@ -252,6 +282,7 @@ class ProtectedVolume:
         clean = self._catalog.get_meta("clean_close_seq") == str(scan.last_seq)
         self._catalog.set_meta("clean_close_seq", "")
         self._journal.start(scan.last_seq, scan.last_time_ns, clean=clean)
+        return clean
 
     def _check_cursor(self, last) -> None:
         """The catalog's last map must end where the journal says it does."""
@@ -273,14 +304,6 @@ class ProtectedVolume:
         log.warning("catalog.rebuild", reason=str(exc), moved_to=aside)
 
     # ------------------------------------------------------------ properties
-
-    @property
-    def state(self) -> str:
-        if self._journal.failed is not None:
-            return "out-of-sync"
-        if self._maps.baseline_done_seq is None:
-            return "baselining"
-        return "in-sync"
 
     @property
     def last_seq(self) -> int:
@@ -323,14 +346,40 @@ class ProtectedVolume:
             for off in range(offset, offset + length, R.MAX_PAYLOAD)
         ]
         crcs = [R.payload_crc(p) for _, p in pieces]
+        return self._host_write(pieces, crcs, R.WRITE, fua)
+
+    def _host_write(self, pieces, crcs, kind: int, fua: bool) -> int | None:
+        """W2-W4 of the module docstring, with the DRL marked first ([0049])."""
+        pinned = not self._oos
+        for off, piece in pieces:
+            self._drl.mark(off, len(piece) if kind == R.WRITE else piece, pin=pinned)
+        faults.point("write.after_drl", offset=pieces[0][0])
+        rec = None
         with self._order_lock:
-            for (off, piece), pcrc in zip(pieces, crcs, strict=True):
-                self._pwrite(off, piece)
-                faults.point("write.after_primary", offset=off, length=len(piece))
-                rec = self._journal.append(R.WRITE, off, len(piece), piece, pcrc=pcrc)
+            for i, ((off, piece), pcrc) in enumerate(zip(pieces, crcs, strict=True)):
+                n = len(piece) if kind == R.WRITE else piece
+                if kind == R.WRITE:
+                    self._pwrite(off, piece)
+                else:
+                    self._pzero(off, n)
+                faults.point("write.after_primary", offset=off, length=n)
+                if not self._oos:
+                    try:
+                        if kind == R.WRITE:
+                            rec = self._journal.append(R.WRITE, off, n, piece, pcrc=pcrc)
+                        else:
+                            rec = self._journal.append(R.ZERO, off, n)
+                        continue
+                    except JournalFailed as exc:
+                        self._go_out_of_sync(exc)
+                if pinned:  # no journal record will ever release these pins
+                    for o, p in pieces[i:]:
+                        self._drl.unpin(o, len(p) if kind == R.WRITE else p)
+                    pinned = False
+                rec = None
         if fua:
-            self._sync(rec.seq)
-        return rec.seq
+            self._sync(rec.seq if rec is not None else None)
+        return rec.seq if rec is not None else None
 
     def write_zeros(self, offset: int, length: int, *, fua: bool = False) -> int:
         """Zero a range (UNMAP / WRITE SAME of zeros): journaled as one ZERO record."""
@@ -338,14 +387,12 @@ class ProtectedVolume:
         self._check_range(offset, length)
         if length == 0:
             raise InvalidRange("length 0: nothing to zero")
+        return self._host_write([(offset, length)], [0], R.ZERO, fua)
+
+    def _pzero(self, offset: int, length: int) -> None:
         zero = bytes(min(length, 1 << 20))
-        with self._order_lock:
-            for off in range(offset, offset + length, len(zero)):
-                self._pwrite(off, zero[: min(len(zero), offset + length - off)])
-            rec = self._journal.append(R.ZERO, offset, length)
-        if fua:
-            self._sync(rec.seq)
-        return rec.seq
+        for off in range(offset, offset + length, len(zero)):
+            self._pwrite(off, zero[: min(len(zero), offset + length - off)])
 
     def _pwrite(self, offset: int, data: bytes) -> None:
         try:
@@ -367,18 +414,30 @@ class ProtectedVolume:
             data += bytes(length - len(data))
         return data
 
-    def flush(self) -> int:
-        """Make every write so far durable on primary and journal; returns its seq."""
+    def flush(self) -> int | None:
+        """Make every write so far durable; returns the journal's last seq.
+
+        ``sync`` mode: on primary and journal.  ``async`` mode, or while out of
+        sync: on the primary (the DRL already holds every region that the
+        journal may lack).
+        """
         self._check_open()
         return self._sync(self._journal.last_seq)
 
-    def _sync(self, seq: int) -> int:
-        self._journal.request_sync(seq)  # the committer syncs the journal meanwhile
+    def _sync(self, seq: int | None) -> int | None:
+        journal = self._journal
+        wait = seq is not None and self.mode == "sync" and not self._oos
+        if wait:
+            journal.request_sync(seq)  # the syncer syncs the journal meanwhile
         try:
             self._io.fdatasync(self._pfd)
         except OSError as exc:
             raise PrimaryIOError(f"fdatasync: {exc}") from exc
-        self._journal.sync(seq)
+        if wait:
+            try:
+                journal.sync(seq)
+            except JournalFailed as exc:
+                self._go_out_of_sync(exc)
         return seq
 
     # ------------------------------------------------------------ points
@@ -428,7 +487,12 @@ class ProtectedVolume:
             raise PointNotAvailable(f"baseline in progress{pct}: no point is offered yet")
 
     def image(
-        self, seq: int | None = None, time: float | None = None, bookmark: str | None = None
+        self,
+        seq: int | None = None,
+        time: float | None = None,
+        bookmark: str | None = None,
+        *,
+        _internal: bool = False,
     ) -> Image:
         """The volume as it was right after write ``seq`` / at ``time`` / at a bookmark."""
         self._check_open()
@@ -449,7 +513,7 @@ class ProtectedVolume:
                     f"no point at or before time {time}: the oldest recoverable point is seq {done}"
                 )
         elif seq is None:
-            seq = self._journal.last_seq
+            seq = self._journal.durable_seq if self._oos else self._journal.last_seq
         if not isinstance(seq, int) or isinstance(seq, bool):
             raise InvalidArgument(f"seq must be an integer, got {seq!r}")
         if seq < done:
@@ -459,8 +523,20 @@ class ProtectedVolume:
                 f"seq {seq} is not written yet (last is {self._journal.last_seq})"
             )
         if seq > self._journal.durable_seq:
+            if self._oos:
+                raise PointNotAvailable(
+                    f"the secondary is out of sync: seq {seq} never reached the journal "
+                    f"(the last journaled point is seq {self._journal.durable_seq})"
+                )
             self._journal.sync(seq)
-        return Image(self, self._maps.layers(seq))
+        image = Image(self, self._maps.layers(seq))
+        if image.suspect and not _internal:
+            log.warning(
+                "image.suspect",
+                seq=seq,
+                why="the journal may disagree with the primary at this point",
+            )
+        return image
 
     def close_map(self) -> None:
         """Close the current delta map now (the map engine's on-demand trigger)."""
@@ -468,90 +544,29 @@ class ProtectedVolume:
         self._journal.sync()
         self._maps.close_map()
 
-    # ------------------------------------------------------------ baseline
-
-    def _start_baseline(self, *, inline: bool) -> None:
-        job = Job("baseline", self.size, self._baseline_work)
-        job.done_units = self._maps.baseline_end
-        self.baseline_job = job
-        if inline:
-            job._run()
-            job.wait()
-        else:
-            job.start()
-
-    def wait_baseline(self, timeout: float | None = None) -> None:
-        if self.baseline_job is not None:
-            self.baseline_job.wait(timeout)
-
-    def _baseline_work(self, job: Job) -> dict:
-        """Copy the primary into the journal while I/O goes on ([0055]).
-
-        Each chunk is read and journaled under the order lock, so a host write
-        to that chunk is either in the copy or journaled after it.
-        """
-        pos = self._maps.baseline_end
-        copied = zeroed = 0
-        zero = bytes(BASELINE_CHUNK)
-        while pos < self.size:
-            if job.cancelled or self._closed:
-                raise JobCancelled()
-            with self._order_lock:
-                data_at = self._next_data(pos)
-                if data_at > pos:
-                    self._journal.append(R.ZERO, pos, data_at - pos, flags=R.FLAG_BASELINE)
-                    zeroed += data_at - pos
-                    n = data_at - pos
-                else:
-                    n = min(BASELINE_CHUNK, self.size - pos)
-                    chunk = self.read(pos, n)
-                    if chunk == zero[:n]:
-                        self._journal.append(R.ZERO, pos, n, flags=R.FLAG_BASELINE)
-                        zeroed += n
-                    else:
-                        self._journal.append(R.WRITE, pos, n, chunk, flags=R.FLAG_BASELINE)
-                        copied += n
-            pos += n
-            job.advance(n)
-            faults.point("baseline.chunk", pos=pos, job=job)
-        rec = self._journal.append(R.BASELINE_DONE, 0, self.size)
-        self._journal.sync(rec.seq)
-        log.info("baseline.done", seq=rec.seq, copied=copied, zeroed=zeroed)
-        return {"bytes_copied": copied, "bytes_zero": zeroed, "seq": rec.seq}
-
-    def _next_data(self, pos: int) -> int:
-        """Start of the next data at or after ``pos`` (holes read as zeros)."""
-        try:
-            nxt = os.lseek(self._pfd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                return self.size
-            return pos  # not supported (block device): treat as data
-        nxt -= nxt % self.block_size
-        return min(max(nxt, pos), self.size)
-
     # ------------------------------------------------------------ close
 
     def close(self) -> None:
-        """Stop background work, make everything durable, mark a clean close."""
+        """Stop background work, make everything durable, mark a clean close.
+
+        A running re-baseline or resync stops at its last checkpoint and
+        resumes at the next open.
+        """
         if self._closed:
             return
-        job = self.baseline_job
-        if job is not None and not job.done:
-            job.cancel()
-            try:
-                job.wait(60)
-            except JobCancelled:
-                pass
+        self._stop_background()
         self._closed = True
-        failed = self._journal.failed is not None
+        failed = self._journal.failed is not None or self._oos
         try:
             self._journal.close()
             self._maps.stop(close_tail=not failed)
             self._io.fdatasync(self._pfd)
             if not failed and self._maps.error is None:
+                if self._drl.trusted:
+                    self._drl.reset()
                 self._catalog.set_meta("clean_close_seq", str(self._journal.last_seq))
         finally:
+            self._drl.close()
             self._catalog.close()
             self._io.close(self._pfd)
 

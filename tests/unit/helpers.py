@@ -31,3 +31,72 @@ def pattern(tag: int, length: int) -> bytes:
 
 def random_bytes(length: int) -> bytes:
     return os.urandom(length)
+
+
+class FlakyIO:
+    """An OsFileIO whose journal-segment I/O can be broken and repaired.
+
+    ``broken`` set to an errno makes every write and sync of a ``.seg`` file
+    (and the creation of a new one) fail with it; ``sync_delay`` slows down
+    segment fdatasyncs.
+    """
+
+    def __init__(self):
+        from appliance.engine.fileio import OsFileIO
+
+        self._os = OsFileIO()
+        self.broken: int | None = None
+        self.sync_delay = 0.0
+        self.paths: dict[int, str] = {}
+        self.failures = 0
+
+    def _seg(self, fd) -> bool:
+        return self.paths.get(fd, "").endswith(".seg")
+
+    def _check(self, fd=None, path=None):
+        import errno as E
+
+        if self.broken is not None and (
+            (fd is not None and self._seg(fd)) or (path is not None and path.endswith(".seg"))
+        ):
+            self.failures += 1
+            raise OSError(self.broken, os.strerror(self.broken or E.EIO))
+
+    def open(self, path, flags, mode=0o600):
+        if flags & os.O_CREAT:
+            self._check(path=path)
+        fd = self._os.open(path, flags, mode)
+        self.paths[fd] = path
+        return fd
+
+    def close(self, fd):
+        self.paths.pop(fd, None)
+        self._os.close(fd)
+
+    def pread_exact(self, fd, length, offset):
+        return self._os.pread_exact(fd, length, offset)
+
+    def pwrite_all(self, fd, data, offset):
+        self._check(fd)
+        self._os.pwrite_all(fd, data, offset)
+
+    def pwritev_all(self, fd, buffers, offset):
+        self._check(fd)
+        self._os.pwritev_all(fd, buffers, offset)
+
+    def fdatasync(self, fd):
+        self._check(fd)
+        if self.sync_delay and self._seg(fd):
+            import time
+
+            time.sleep(self.sync_delay)
+        self._os.fdatasync(fd)
+
+    def fsync_dir(self, path):
+        self._os.fsync_dir(path)
+
+    def size(self, fd):
+        return self._os.size(fd)
+
+    def truncate(self, fd, length):
+        self._os.truncate(fd, length)

@@ -5,7 +5,8 @@ import threading
 
 import pytest
 
-from appliance.engine import PointNotAvailable, faults, volume
+from appliance.engine import PointNotAvailable, faults
+from appliance.engine import protection as volume
 
 from .helpers import make_volume, reopen
 

@@ -1,0 +1,332 @@
+"""Keeping the primary and the journal in agreement.
+
+The volume's states (``vol.state``):
+
+* ``baselining``: the initial copy of the primary runs ([0055]); no point yet.
+* ``in-sync``: every write reaches primary and journal; DRL resets run on a timer.
+* ``out-of-sync``: the secondary failed (I/O error, disk full, gone): host
+  writes go on to the primary alone, the DRL records every region written,
+  no DRL reset.
+* ``resyncing``: the journal is back; the DRL-dirty regions are compared and
+  fixed ([0072]-[0073]).
+* ``rebaselining``: a full compare of primary and journal runs ([0054]-[0071]).
+* ``restoring``: reserved for the restore issue.
+
+Out of sync: the first failed journal append or sync switches the volume
+(never failing the host write that saw it): an ``OUT_OF_SYNC`` flag goes into
+the DRL file, points after the last durable record are not offered.  A timer
+tries to bring the journal back every ``secondary_retry`` seconds (a new
+segment after the last durable record); when it succeeds an ``OUT_OF_SYNC``
+marker is journaled and a resync of the DRL-dirty regions starts by itself.
+After an unclean stop the same resync runs at open if the DRL has dirty bits.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+
+import structlog
+
+from . import faults
+from . import record as R
+from .errors import CdpError
+from .jobs import Job, JobCancelled
+from .journal import Journal, JournalFailed, segment_path
+from .rebaseline import Procedure
+
+log = structlog.get_logger("cdp.volume")
+
+MODES = ("sync", "async")
+DEFAULT_REGION_SIZE = 1 << 20
+BASELINE_CHUNK = 1 << 20
+
+
+class Busy(CdpError):
+    """{0}"""
+
+
+class Protection:
+    """Mixin of ProtectedVolume: baseline, DRL policy, out of sync, resync, re-baseline."""
+
+    def _init_protection(self) -> None:
+        self._oos = False
+        self._oos_reason = ""
+        self._proc_job: Job | None = None
+        self.baseline_job: Job | None = None
+        self._bg_stop = threading.Event()
+        self._bg_thread: threading.Thread | None = None
+        self._state_lock = threading.RLock()
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def state(self) -> str:
+        if self._oos:
+            return "out-of-sync"
+        job = self._proc_job
+        if job is not None and not job.done:
+            return "resyncing" if job.kind == "resync" else "rebaselining"
+        if self._maps.baseline_done_seq is None:
+            return "baselining"
+        if self._drl.out_of_sync:
+            return "out-of-sync"
+        return "in-sync"
+
+    def drl_dirty_regions(self) -> int:
+        return self._drl.dirty_count()
+
+    @property
+    def jobs(self) -> list[Job]:
+        return [j for j in (self.baseline_job, self._proc_job) if j is not None and not j.done]
+
+    def _on_durable(self, recs) -> None:
+        """From the journal's syncer: records durable in the journal now."""
+        self._maps.add(recs)
+        for r in recs:
+            if r.kind in R.DATA_KINDS and not r.flags:
+                self._drl.unpin(r.offset, r.length)
+
+    # ------------------------------------------------------------ open
+
+    def _recover(self, clean: bool, fresh_primary: bool) -> None:
+        resume = [k for k in ("resync", "rebaseline") if self._catalog.load_job(k)]
+        dirty = self._drl.dirty_count()
+        if self._maps.baseline_done_seq is None:
+            if not clean and dirty:
+                # Regions the crash may have left unjournaled are copied again.
+                first = min(self._drl.dirty()) * self.region_size
+                self._maps.baseline_end = min(self._maps.baseline_end, first)
+            self._start_baseline(inline=fresh_primary)
+        elif resume:
+            self._start_procedure(resume[0])
+        elif self._drl.out_of_sync or (not clean and dirty) or not self._drl.trusted:
+            self._begin_resync(
+                "recovery after an unclean stop"
+                if not clean
+                else "the DRL says the journal lags the primary"
+            )
+        self._bg_thread = threading.Thread(
+            target=self._housekeeping, name="cdp-housekeeping", daemon=True
+        )
+        self._bg_thread.start()
+
+    def _stop_background(self) -> None:
+        self._bg_stop.set()
+        for job in (self.baseline_job, self._proc_job):
+            if job is not None and not job.done:
+                job.cancel()
+                try:
+                    job.wait(60)
+                except (JobCancelled, CdpError, OSError):
+                    pass
+        if self._bg_thread is not None:
+            self._bg_thread.join()
+            self._bg_thread = None
+
+    # ------------------------------------------------------------ out of sync
+
+    def _go_out_of_sync(self, exc: Exception) -> None:
+        with self._state_lock:
+            if self._oos:
+                return
+            self._oos = True
+            self._oos_reason = str(exc)
+            durable = self._journal.durable_seq
+            self._maps.suspect_from = durable + 1
+            try:
+                self._drl.set_out_of_sync(True)
+            except OSError as derr:  # the DRL is on the state disk, not the secondary
+                log.error("drl.write_failed", error=str(derr))
+        log.error(
+            "volume.out_of_sync",
+            uuid=str(self.uuid),
+            last_journaled_seq=durable,
+            reason=str(exc),
+            action="host writes continue on the primary; "
+            "the DRL records them; resync runs when the secondary is back",
+        )
+
+    def _restart_journal(self) -> bool:
+        """Bring a failed journal back (a new segment); True on success."""
+        with self._order_lock:
+            old = self._journal
+            new = Journal(self._io, old.folder, self.uuid, self.segment_size)
+            maps = self._maps
+            with maps._lock:
+                last = maps.tail[-1] if maps.tail else None
+                lmap = maps.last_map
+            if last is not None:
+                start, pseq, ptime = last.end_addr, last.seq, last.time_ns
+            elif lmap is not None:
+                start, pseq, ptime = lmap.j_end, lmap.last_seq, lmap.last_time_ns
+            else:
+                start, pseq, ptime = 0, 0, 0
+            try:
+                scan = new.scan(start, pseq, ptime)
+                if scan.torn_segment is not None:
+                    os.unlink(segment_path(new.folder, scan.torn_segment))
+                new.start(
+                    max(old.last_seq, scan.last_seq),
+                    scan.last_time_ns,
+                    clean=False,
+                    durable_floor=old.durable_seq,
+                )
+            except (OSError, CdpError) as exc:
+                log.info("secondary.still_unavailable", reason=str(exc))
+                try:
+                    new.close()
+                except OSError:
+                    pass
+                return False
+            maps.add(scan.records)
+            new.on_durable = self._on_durable
+            for r in old.undelivered():
+                if r.kind in R.DATA_KINDS and not r.flags:
+                    self._drl.unpin(r.offset, r.length)
+            try:
+                old.close()
+            except OSError:
+                pass
+            self._journal = maps.journal = new
+            marker = new.append(R.OUT_OF_SYNC, 0, 0)
+            self._oos = False
+        try:
+            new.sync(marker.seq)
+        except JournalFailed as exc:
+            self._go_out_of_sync(exc)
+            return False
+        log.info("secondary.back", seq=marker.seq)
+        self._start_procedure("resync", targets=self._drl.dirty(), oos_seq=marker.seq)
+        return True
+
+    def _begin_resync(self, why: str) -> Job:
+        marker = self._journal.append(R.OUT_OF_SYNC, 0, 0)
+        self._journal.sync(marker.seq)
+        self._drl.set_out_of_sync(True)
+        self._maps.suspect_from = marker.seq
+        log.warning("volume.resync", reason=why, dirty_regions=self._drl.dirty_count())
+        return self._start_procedure("resync", targets=self._drl.dirty(), oos_seq=marker.seq)
+
+    def _housekeeping(self) -> None:
+        """Thread: DRL resets on their timer; retries of a failed secondary."""
+        last_reset = last_retry = time.monotonic()
+        while not self._bg_stop.wait(0.1):
+            now = time.monotonic()
+            try:
+                if not self._oos and self._journal.failed is not None:
+                    self._go_out_of_sync(self._journal.failed)
+                if self._oos and now - last_retry >= self.secondary_retry:
+                    last_retry = now
+                    self._restart_journal()
+                interval = self.drl_reset_interval
+                if interval is not None and now - last_reset >= interval:
+                    last_reset = now
+                    if self.state == "in-sync":
+                        self._drl.reset()
+            except Exception as exc:  # keep housekeeping alive; say why
+                log.error("housekeeping.failed", error=repr(exc))
+
+    # ------------------------------------------------------------ jobs
+
+    def rebaseline(self) -> Job:
+        """Compare every region of primary and journal; fix and mark suspect ([0054]-[0071])."""
+        self._check_open()
+        if self._maps.baseline_done_seq is None:
+            raise Busy("the baseline is still running: nothing to re-baseline yet")
+        if self._oos:
+            raise Busy("the secondary is out of sync: resync it first")
+        return self._start_procedure("rebaseline")
+
+    def resync(self) -> Job:
+        """Compare and fix the DRL-dirty regions ([0072]-[0073])."""
+        self._check_open()
+        if self._maps.baseline_done_seq is None:
+            raise Busy("the baseline is still running: nothing to resync yet")
+        if self._oos:
+            if not self._restart_journal():
+                raise Busy(f"the secondary is still unavailable: {self._oos_reason}")
+            return self._proc_job
+        return self._start_procedure("resync", targets=self._drl.dirty())
+
+    def _start_procedure(self, kind: str, **kw) -> Job:
+        with self._state_lock:
+            job = self._proc_job
+            if job is not None and not job.done:
+                raise Busy(f"a {job.kind} is already running ({100 * job.progress:.0f} %)")
+            proc = Procedure(self, kind, **kw)
+            if proc.st.get("oos_seq") is not None:
+                self._maps.suspect_from = proc.st["oos_seq"]
+            self._proc_job = Job(kind, proc.total, proc).start()
+            return self._proc_job
+
+    def _close_map_now(self) -> tuple[int, int]:
+        """Sync the journal and close every record into delta maps: (last seq, maps)."""
+        seq = self._journal.last_seq
+        self._journal.sync(seq)
+        self._maps.close_map(seq)
+        return seq, len(self._maps.level0)
+
+    # ------------------------------------------------------------ baseline
+
+    def _start_baseline(self, *, inline: bool) -> None:
+        job = Job("baseline", self.size, self._baseline_work)
+        job.done_units = self._maps.baseline_end
+        self.baseline_job = job
+        if inline:
+            job._run()
+            job.wait()
+        else:
+            job.start()
+
+    def wait_baseline(self, timeout: float | None = None) -> None:
+        if self.baseline_job is not None:
+            self.baseline_job.wait(timeout)
+
+    def _baseline_work(self, job: Job) -> dict:
+        """Copy the primary into the journal while I/O goes on ([0055]).
+
+        Each chunk is read and journaled under the order lock, so a host write
+        to that chunk is either in the copy or journaled after it.
+        """
+        pos = self._maps.baseline_end
+        copied = zeroed = 0
+        zero = bytes(BASELINE_CHUNK)
+        while pos < self.size:
+            if job.cancelled or self._closed:
+                raise JobCancelled()
+            with self._order_lock:
+                data_at = self._next_data(pos)
+                if data_at > pos:
+                    self._journal.append(R.ZERO, pos, data_at - pos, flags=R.FLAG_BASELINE)
+                    zeroed += data_at - pos
+                    n = data_at - pos
+                else:
+                    n = min(BASELINE_CHUNK, self.size - pos)
+                    chunk = self.read(pos, n)
+                    if chunk == zero[:n]:
+                        self._journal.append(R.ZERO, pos, n, flags=R.FLAG_BASELINE)
+                        zeroed += n
+                    else:
+                        self._journal.append(R.WRITE, pos, n, chunk, flags=R.FLAG_BASELINE)
+                        copied += n
+            pos += n
+            job.advance(n)
+            faults.point("baseline.chunk", pos=pos, job=job)
+        rec = self._journal.append(R.BASELINE_DONE, 0, self.size)
+        self._journal.sync(rec.seq)
+        log.info("baseline.done", seq=rec.seq, copied=copied, zeroed=zeroed)
+        return {"bytes_copied": copied, "bytes_zero": zeroed, "seq": rec.seq}
+
+    def _next_data(self, pos: int) -> int:
+        """Start of the next data at or after ``pos`` (holes read as zeros)."""
+        try:
+            nxt = os.lseek(self._pfd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return self.size
+            return pos  # not supported (block device): treat as data
+        nxt -= nxt % self.block_size
+        return min(max(nxt, pos), self.size)
