@@ -381,6 +381,27 @@ class ProtectedVolume(Protection):
             self._sync(rec.seq if rec is not None else None)
         return rec.seq if rec is not None else None
 
+    def compare_and_write(self, offset: int, expected, new, *, fua: bool = False) -> int | None:
+        """Atomically: if the live bytes at ``offset`` equal ``expected``, write ``new``.
+
+        Returns None on success, else the byte offset (from ``offset``) of the
+        first difference, and writes nothing.  No other write interleaves.
+        """
+        self._check_open()
+        if len(expected) != len(new):
+            raise InvalidRange(f"compare length {len(expected)} != write length {len(new)}")
+        self._check_range(offset, len(new))
+        with self._order_lock:
+            current = self.read(offset, len(expected))
+            if current != bytes(expected):
+                return next(
+                    i
+                    for i, (a, b) in enumerate(zip(current, bytes(expected), strict=True))
+                    if a != b
+                )
+            self.write(offset, new, fua=fua)
+        return None
+
     def write_zeros(self, offset: int, length: int, *, fua: bool = False) -> int:
         """Zero a range (UNMAP / WRITE SAME of zeros): journaled as one ZERO record."""
         self._check_open()

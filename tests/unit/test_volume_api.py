@@ -194,3 +194,15 @@ def test_reopen_keeps_everything(tmp_path):
     s = vol.write(0, b"z" * 512)
     assert s == seqs[-1] + 2  # a clean close hands out the next number
     vol.close()
+
+
+def test_compare_and_write(vol):
+    vol.write(4096, b"a" * 1024)
+    assert vol.compare_and_write(4096, b"a" * 512, b"b" * 512) is None
+    assert vol.read(4096, 1024) == b"b" * 512 + b"a" * 512
+    expected = bytearray(b"b" * 512)
+    expected[100] = 0
+    assert vol.compare_and_write(4096, bytes(expected), b"c" * 512) == 100
+    assert vol.read(4096, 512) == b"b" * 512  # nothing written
+    with pytest.raises(InvalidRange, match="compare length"):
+        vol.compare_and_write(4096, b"b" * 512, b"c" * 1024)
