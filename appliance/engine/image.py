@@ -109,3 +109,113 @@ class Image:
 
     def __repr__(self):
         return f"<Image seq={self.seq} size={self.size}>"
+
+
+class WritableImage(Image):
+    """An image with a scratch overlay taking its writes ("image access", "test failover").
+
+    Writes go to a sparse scratch file in the state folder, never to the
+    primary or the journal; a bitmap of written blocks says which blocks the
+    overlay holds.  ``flush()`` makes the overlay durable (the bitmap is
+    written atomically beside the scratch file), so an image exposed as a LUN
+    survives a restart (``vol.image(..., writable=True, scratch=name)`` again).
+    ``discard()`` deletes the overlay: the volume and the journal never saw it.
+    """
+
+    def __init__(self, volume: ProtectedVolume, layers: PitLayers, path: str):
+        import json
+        import os
+        import threading
+
+        from pyroaring import BitMap
+
+        super().__init__(volume, layers)
+        self.path = path
+        self._lock = threading.Lock()
+        self._written = BitMap()
+        meta_path = path + ".json"
+        if os.path.exists(meta_path):
+            with open(meta_path, "rb") as f:
+                meta = json.loads(f.read())
+            if meta["seq"] != self.seq or meta["size"] != self.size:
+                from .errors import InvalidArgument
+
+                raise InvalidArgument(
+                    f"scratch {path} belongs to seq {meta['seq']}, not {self.seq}"
+                )
+            with open(path + ".map", "rb") as f:
+                self._written = BitMap.deserialize(f.read())
+        else:
+            from .fileio import write_file_atomic
+
+            write_file_atomic(
+                volume._io, meta_path, json.dumps({"seq": self.seq, "size": self.size}).encode()
+            )
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.ftruncate(self._fd, self.size)
+
+    def _blocks(self, offset: int, length: int) -> range:
+        return range(offset // self.block_size, (offset + length) // self.block_size)
+
+    def write(self, offset: int, data) -> None:
+        import os
+
+        self._vol._check_range(offset, len(data))
+        with self._lock:
+            os.pwrite(self._fd, bytes(data), offset)
+            blocks = self._blocks(offset, len(data))
+            if len(blocks):
+                self._written.add_range(blocks.start, blocks.stop)
+
+    def write_zeros(self, offset: int, length: int) -> None:
+        self.write(offset, bytes(length))
+
+    def read(self, offset: int, length: int) -> bytes:
+        import os
+
+        from pyroaring import BitMap
+
+        base = bytearray(super().read(offset, length))
+        blocks = self._blocks(offset, length)
+        with self._lock:
+            mine = (self._written & BitMap(blocks)) if len(blocks) else []
+            for b in mine:
+                pos = b * self.block_size
+                base[pos - offset : pos - offset + self.block_size] = os.pread(
+                    self._fd, self.block_size, pos
+                )
+        return bytes(base)
+
+    def flush(self) -> None:
+        import os
+
+        from .fileio import write_file_atomic
+
+        with self._lock:
+            os.fdatasync(self._fd)
+            write_file_atomic(self._vol._io, self.path + ".map", self._written.serialize())
+
+    @property
+    def written_bytes(self) -> int:
+        return len(self._written) * self.block_size
+
+    def close(self) -> None:
+        import os
+
+        if self._fd is not None:
+            self.flush()
+            os.close(self._fd)
+            self._fd = None
+
+    def discard(self) -> None:
+        """Drop the overlay; the volume and the journal are untouched."""
+        import os
+
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        for suffix in ("", ".map", ".json"):
+            try:
+                os.unlink(self.path + suffix)
+            except FileNotFoundError:
+                pass

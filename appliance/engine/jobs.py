@@ -32,6 +32,7 @@ class Job:
         self.result: object = None
         self.error: BaseException | None = None
         self.cancelled = False
+        self.stats: dict = {}  # live figures the work publishes (e.g. bytes_copied)
         self._work = work
         self._event = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"cdp-{kind}", daemon=True)

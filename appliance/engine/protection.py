@@ -32,10 +32,11 @@ import structlog
 
 from . import faults
 from . import record as R
-from .errors import CdpError
+from .errors import CdpError, InvalidArgument
 from .jobs import Job, JobCancelled
 from .journal import Journal, JournalFailed, segment_path
 from .rebaseline import Procedure
+from .restore import Restore
 
 log = structlog.get_logger("cdp.volume")
 
@@ -48,6 +49,11 @@ class Busy(CdpError):
     """{0}"""
 
 
+def _pins_drl(flags: int) -> bool:
+    """Records that wrote the primary pinned the DRL: host writes and restore copies."""
+    return not flags & (R.FLAG_BASELINE | R.FLAG_FIXUP)
+
+
 class Protection:
     """Mixin of ProtectedVolume: baseline, DRL policy, out of sync, resync, re-baseline."""
 
@@ -56,6 +62,9 @@ class Protection:
         self._oos_reason = ""
         self._proc_job: Job | None = None
         self.baseline_job: Job | None = None
+        self._restore = None
+        self._restore_job: Job | None = None
+        self._resync_after_restore = False
         self._bg_stop = threading.Event()
         self._bg_thread: threading.Thread | None = None
         self._state_lock = threading.RLock()
@@ -66,6 +75,8 @@ class Protection:
     def state(self) -> str:
         if self._oos:
             return "out-of-sync"
+        if self._restore is not None:
+            return "restoring"
         job = self._proc_job
         if job is not None and not job.done:
             return "resyncing" if job.kind == "resync" else "rebaselining"
@@ -80,13 +91,14 @@ class Protection:
 
     @property
     def jobs(self) -> list[Job]:
-        return [j for j in (self.baseline_job, self._proc_job) if j is not None and not j.done]
+        jobs = (self.baseline_job, self._proc_job, self._restore_job)
+        return [j for j in jobs if j is not None and not j.done]
 
     def _on_durable(self, recs) -> None:
         """From the journal's syncer: records durable in the journal now."""
         self._maps.add(recs)
         for r in recs:
-            if r.kind in R.DATA_KINDS and not r.flags:
+            if r.kind in R.DATA_KINDS and _pins_drl(r.flags):
                 self._drl.unpin(r.offset, r.length)
 
     # ------------------------------------------------------------ open
@@ -94,7 +106,16 @@ class Protection:
     def _recover(self, clean: bool, fresh_primary: bool) -> None:
         resume = [k for k in ("resync", "rebaseline") if self._catalog.load_job(k)]
         dirty = self._drl.dirty_count()
-        if self._maps.baseline_done_seq is None:
+        restore = Restore.resume(self) if self._maps.baseline_done_seq is not None else None
+        if restore is not None:
+            # Reads must see the restore from the first moment: before anything else.
+            self._restore = restore
+            self._maps.suspect_from = restore.params["marker_seq"]
+            self._resync_after_restore = bool(
+                resume or self._drl.out_of_sync or (not clean and dirty) or not self._drl.trusted
+            )
+            self._restore_job = Job("restore", self.size, restore).start()
+        elif self._maps.baseline_done_seq is None:
             if not clean and dirty:
                 # Regions the crash may have left unjournaled are copied again.
                 first = min(self._drl.dirty()) * self.region_size
@@ -115,7 +136,7 @@ class Protection:
 
     def _stop_background(self) -> None:
         self._bg_stop.set()
-        for job in (self.baseline_job, self._proc_job):
+        for job in (self.baseline_job, self._proc_job, self._restore_job):
             if job is not None and not job.done:
                 job.cancel()
                 try:
@@ -184,7 +205,7 @@ class Protection:
             maps.add(scan.records)
             new.on_durable = self._on_durable
             for r in old.undelivered():
-                if r.kind in R.DATA_KINDS and not r.flags:
+                if r.kind in R.DATA_KINDS and _pins_drl(r.flags):
                     self._drl.unpin(r.offset, r.length)
             try:
                 old.close()
@@ -202,13 +223,15 @@ class Protection:
         self._start_procedure("resync", targets=self._drl.dirty(), oos_seq=marker.seq)
         return True
 
-    def _begin_resync(self, why: str) -> Job:
+    def _begin_resync(self, why: str, _after: Job | None = None) -> Job:
         marker = self._journal.append(R.OUT_OF_SYNC, 0, 0)
         self._journal.sync(marker.seq)
         self._drl.set_out_of_sync(True)
         self._maps.suspect_from = marker.seq
         log.warning("volume.resync", reason=why, dirty_regions=self._drl.dirty_count())
-        return self._start_procedure("resync", targets=self._drl.dirty(), oos_seq=marker.seq)
+        return self._start_procedure(
+            "resync", targets=self._drl.dirty(), oos_seq=marker.seq, _after=_after
+        )
 
     def _housekeeping(self) -> None:
         """Thread: DRL resets on their timer; retries of a failed secondary."""
@@ -251,11 +274,84 @@ class Protection:
             return self._proc_job
         return self._start_procedure("resync", targets=self._drl.dirty())
 
-    def _start_procedure(self, kind: str, **kw) -> Job:
+    def restore(
+        self,
+        seq: int | None = None,
+        time: float | None = None,
+        bookmark: str | None = None,
+        roll_forward_to=None,
+    ) -> Job:
+        """Put a point back on the primary in the background; the volume stays online.
+
+        ``roll_forward_to`` (a seq, a bookmark name, or a time as float):
+        then apply the journal's changes up to that later point ([0075]).
+        """
+        self._check_open()
         with self._state_lock:
-            job = self._proc_job
+            self._refuse_if_busy("restore")
+            t1 = self.image(seq=seq, time=time, bookmark=bookmark, _internal=True).seq
+            target = t1
+            if roll_forward_to is not None:
+                if isinstance(roll_forward_to, str):
+                    t2 = self.image(bookmark=roll_forward_to, _internal=True).seq
+                elif isinstance(roll_forward_to, float):
+                    t2 = self.image(time=roll_forward_to, _internal=True).seq
+                else:
+                    t2 = self.image(seq=roll_forward_to, _internal=True).seq
+                if t2 < t1:
+                    raise InvalidArgument(
+                        f"roll_forward_to (seq {t2}) is before the restore point (seq {t1})"
+                    )
+                target = t2
+            with self._order_lock:
+                self._restore = Restore.begin(self, target, t1 if target != t1 else None)
+                self._maps.suspect_from = self._restore.params["marker_seq"]
+            log.warning(
+                "restore.start",
+                target_seq=target,
+                roll_forward_from=t1 if target != t1 else None,
+                marker_seq=self._restore.params["marker_seq"],
+            )
+            self._restore_job = Job("restore", self.size, self._restore).start()
+            return self._restore_job
+
+    def _refuse_if_busy(self, what: str) -> None:
+        if self._maps.baseline_done_seq is None:
+            raise Busy(f"the baseline is still running: no {what} yet")
+        if self._oos:
+            raise Busy(f"the secondary is out of sync: resync before a {what}")
+        for job in (self._proc_job, self._restore_job):
             if job is not None and not job.done:
-                raise Busy(f"a {job.kind} is already running ({100 * job.progress:.0f} %)")
+                raise Busy(f"a {job.kind} is running ({100 * job.progress:.0f} %)")
+
+    def _finish_restore(self, restore) -> dict:
+        """From the copier, every region restored: close the fix-up, mark the interval."""
+        seq, n = self._close_map_now()
+        marker = restore.params["marker_seq"]
+        maps = self._maps
+        fix = n - 1
+        maps.set_flags([fix], fixup=True, suspect=False)
+        inside = [i for i in range(fix) if maps.level0[i].last_seq >= marker]
+        if inside:
+            maps.set_flags(inside, suspect=True)
+        with self._order_lock:
+            self._restore = None
+            maps.suspect_from = None
+        restore.finish_files()
+        result = restore.result()
+        log.info("restore.done", **result)
+        if self._resync_after_restore:
+            self._resync_after_restore = False
+            self._begin_resync(
+                "recovery after an unclean stop during a restore", _after=self._restore_job
+            )
+        return result
+
+    def _start_procedure(self, kind: str, *, _after: Job | None = None, **kw) -> Job:
+        with self._state_lock:
+            for job in (self._proc_job, self._restore_job):
+                if job is not None and not job.done and job is not _after:
+                    raise Busy(f"a {job.kind} is already running ({100 * job.progress:.0f} %)")
             proc = Procedure(self, kind, **kw)
             if proc.st.get("oos_seq") is not None:
                 self._maps.suspect_from = proc.st["oos_seq"]

@@ -53,6 +53,7 @@ DATA_KINDS = (WRITE, ZERO)
 # Record flags.
 FLAG_BASELINE = 1  # part of the initial copy of the primary
 FLAG_FIXUP = 2  # copied from the primary by a re-baseline or resync
+FLAG_RESTORE = 4  # written to the primary by a restore
 
 MAX_BOOKMARK_NAME = 255
 

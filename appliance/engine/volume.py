@@ -49,7 +49,7 @@ from .errors import (
     VolumeNotFound,
 )
 from .fileio import FileIO, OsFileIO, write_file_atomic
-from .image import Image, Point
+from .image import Image, Point, WritableImage
 from .jobs import Job
 from .journal import Journal, list_segments, segment_path
 from .mapengine import MapEngine
@@ -60,6 +60,7 @@ log = structlog.get_logger("cdp.volume")
 VOLUME_FILE = "volume.json"
 CATALOG_FILE = "catalog.sqlite"
 DRL_FILE = "drl.bin"
+SCRATCH_DIR = "scratch"
 JOURNAL_DIR = "journal"
 DEFAULT_SEGMENT_SIZE = 256 << 20
 BOOKMARK_NAME = re.compile(r"^[A-Za-z0-9._:@+][A-Za-z0-9._:@+-]{0,127}$")
@@ -358,6 +359,8 @@ class ProtectedVolume(Protection):
         with self._order_lock:
             for i, ((off, piece), pcrc) in enumerate(zip(pieces, crcs, strict=True)):
                 n = len(piece) if kind == R.WRITE else piece
+                if self._restore is not None:
+                    self._restore.before_write(off, n)
                 if kind == R.WRITE:
                     self._pwrite(off, piece)
                 else:
@@ -392,7 +395,7 @@ class ProtectedVolume(Protection):
             raise InvalidRange(f"compare length {len(expected)} != write length {len(new)}")
         self._check_range(offset, len(new))
         with self._order_lock:
-            current = self.read(offset, len(expected))
+            current = self.read(offset, len(expected))  # restore-aware
             if current != bytes(expected):
                 return next(
                     i
@@ -424,9 +427,15 @@ class ProtectedVolume(Protection):
             ) from exc
 
     def read(self, offset: int, length: int) -> bytes:
-        """Read the live volume (the primary)."""
+        """Read the live volume (the primary; during a restore, see restore.py)."""
         self._check_open()
         self._check_range(offset, length)
+        restore = self._restore
+        if restore is not None:
+            return restore.read(offset, length)
+        return self._read_primary(offset, length)
+
+    def _read_primary(self, offset: int, length: int) -> bytes:
         try:
             data = self._io.pread_exact(self._pfd, length, offset)
         except OSError as exc:
@@ -513,9 +522,15 @@ class ProtectedVolume(Protection):
         time: float | None = None,
         bookmark: str | None = None,
         *,
+        writable: bool = False,
+        scratch: str | None = None,
         _internal: bool = False,
     ) -> Image:
-        """The volume as it was right after write ``seq`` / at ``time`` / at a bookmark."""
+        """The volume as it was right after write ``seq`` / at ``time`` / at a bookmark.
+
+        ``writable=True``: a :class:`WritableImage` whose writes go to a scratch
+        overlay (``scratch`` names it, to reattach after a restart).
+        """
         self._check_open()
         given = [a for a in (seq, time, bookmark) if a is not None]
         if len(given) > 1:
@@ -550,7 +565,15 @@ class ProtectedVolume(Protection):
                     f"(the last journaled point is seq {self._journal.durable_seq})"
                 )
             self._journal.sync(seq)
-        image = Image(self, self._maps.layers(seq))
+        if writable:
+            name = scratch or f"image-{seq}-{uuidlib.uuid4().hex[:8]}"
+            if not BOOKMARK_NAME.match(name):
+                raise InvalidArgument(f"bad scratch name {name!r}")
+            folder = os.path.join(self.state_dir, SCRATCH_DIR)
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            image = WritableImage(self, self._maps.layers(seq), os.path.join(folder, name))
+        else:
+            image = Image(self, self._maps.layers(seq))
         if image.suspect and not _internal:
             log.warning(
                 "image.suspect",
@@ -587,6 +610,8 @@ class ProtectedVolume(Protection):
                     self._drl.reset()
                 self._catalog.set_meta("clean_close_seq", str(self._journal.last_seq))
         finally:
+            if self._restore is not None:
+                self._restore.done.close()
             self._drl.close()
             self._catalog.close()
             self._io.close(self._pfd)
