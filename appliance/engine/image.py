@@ -94,8 +94,17 @@ class Image:
         self._vol._check_range(offset, length)
         if length == 0:
             return b""
-        pieces = resolve(self._layers, self._vol._catalog, offset, offset + length)
-        return read_pieces(self._vol._journal, pieces, offset, length)
+        maps = self._vol._maps
+        for attempt in (1, 2):
+            if self._layers.generation != maps.generation:
+                self._layers = maps.layers(self.seq)  # retention changed the chain
+            try:
+                pieces = resolve(self._layers, self._vol._catalog, offset, offset + length)
+                return read_pieces(self._vol._journal, pieces, offset, length)
+            except JournalCorrupt:
+                if attempt == 2 or self._layers.generation == maps.generation:
+                    raise
+        raise AssertionError("unreachable")
 
     def extent_map(self) -> ExtentMap:
         """The whole PIT map (for restore and comparisons; costs a full walk)."""

@@ -417,9 +417,21 @@ class Journal:
                 self.io.close(fd)
             self._rfds.clear()
 
+    @property
+    def current_segment(self) -> int:
+        return self._segno
+
     def _open_segment(self, segno: int) -> None:
         path = segment_path(self.folder, segno)
-        fd = self.io.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        pool = os.path.join(self.folder, "free")
+        reuse = sorted(os.listdir(pool)) if os.path.isdir(pool) else []
+        if reuse:
+            # [0042]: a reclaimed segment's blocks are reused.  Its old records
+            # carry their old segment number, so a scan never takes them.
+            os.replace(os.path.join(pool, reuse[0]), path)
+            fd = self.io.open(path, os.O_RDWR, 0o600)
+        else:
+            fd = self.io.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         header = R.pack_segment_header(
             self.uuid, segno, self._segment_prev.pop(segno), time.time_ns()
         )

@@ -30,6 +30,7 @@ import structlog
 
 from . import record as R
 from .catalog import Catalog, MapInfo
+from .errors import PointNotAvailable
 from .extents import ZERO, ExtentMap
 from .journal import Journal, Rec
 
@@ -57,6 +58,7 @@ class PitLayers:
     map_ids: list[int]  # whole maps, newest first
     contributing: list[MapInfo]
     suspect: bool = False
+    generation: int = 0
 
 
 class MapEngine:
@@ -93,6 +95,11 @@ class MapEngine:
         # Points from this seq on are suspect until a fix-up map closes
         # (set while the journal and the primary disagree: out of sync, resync).
         self.suspect_from: int | None = None
+        # Held while the chain's structure changes: closing a map, building a
+        # merged map, retention's swap.
+        self.structure_lock = threading.RLock()
+        self.generation = 0  # bumped by every retention swap
+        self.oldest_seq = 0  # points before it were faded out by retention
 
     # ------------------------------------------------------------ state
 
@@ -107,6 +114,7 @@ class MapEngine:
         self.baseline_done_seq = self.catalog.baseline_done_seq()
         self.baseline_done_time_ns = int(self.catalog.get_meta("baseline_done_time_ns", "0"))
         self.baseline_end = int(self.catalog.get_meta("baseline_end", "0"))
+        self.oldest_seq = int(self.catalog.get_meta("oldest_seq", "0"))
 
     def replay(self, recs: list[Rec]) -> None:
         """Records found in the journal at open: whole maps now, the rest to the tail."""
@@ -229,6 +237,10 @@ class MapEngine:
         return n
 
     def _close(self, n: int) -> MapInfo:
+        with self.structure_lock:
+            return self._close_locked(n)
+
+    def _close_locked(self, n: int) -> MapInfo:
         with self._lock:
             recs = self.tail[:n]
         info = self.build_level0(recs)
@@ -306,6 +318,12 @@ class MapEngine:
             level += 1
 
     def _build_merged(self, level: int, idx: int) -> None:
+        with self.structure_lock:
+            if (level, idx) in self.merged or len(self.level0) < (idx + 1) * FANOUT**level:
+                return
+            self._build_merged_locked(level, idx)
+
+    def _build_merged_locked(self, level: int, idx: int) -> None:
         children = [self._map_at(level - 1, idx * FANOUT + k) for k in range(FANOUT)]
         merged = ExtentMap.merge([self.catalog.load_map(c.id) for c in children])
         info = self.catalog.add_map(
@@ -349,6 +367,14 @@ class MapEngine:
             n = bisect.bisect_right(self._l0_last_seq, seq)
             whole = self.decompose(n)
             inside = self.level0[n] if n < len(self.level0) else None
+            if inside is not None and inside.records == 0 and inside.first_seq <= seq:
+                before = self.level0[n - 1].last_seq if n else None
+                raise PointNotAvailable(
+                    f"seq {seq} was faded out by retention; the nearest points are "
+                    + (f"seq {before} and " if before is not None else "")
+                    + f"seq {inside.last_seq}"
+                )
+            generation = self.generation
             if inside is None:
                 partial_recs = [r for r in self.tail if r.seq <= seq]
         if inside is not None:
@@ -382,6 +408,7 @@ class MapEngine:
             [m.id for m in reversed(whole)],
             contributing,
             suspect,
+            generation,
         )
 
     def seq_at_time(self, time_ns: int) -> int | None:
@@ -437,3 +464,47 @@ class MapEngine:
     def level0_regions(self, idx: int, region_size: int):
         """The regions (a BitMap) touched by level-0 map ``idx``."""
         return self.catalog.map_regions(self.level0[idx].id, region_size)
+
+    # ------------------------------------------------------------ retention
+
+    def swap_chain(
+        self, new_level0: list[MapInfo], drop_bookmarks: list[str], oldest_seq: int
+    ) -> None:
+        """Install retention's new chain (structure_lock held by the caller)."""
+        with self._lock:
+            self.level0 = []
+            self._l0_last_seq, self._l0_last_time = [], []
+            for info in new_level0:
+                self._append_level0(info)
+            self.merged = {}
+            for name in drop_bookmarks:
+                self.bookmarks.pop(name, None)
+            self.oldest_seq = oldest_seq
+            self.generation += 1
+            self._wake.notify_all()  # rebuild the merged levels
+
+    def load_checkpoint(self, head: dict, extents: list) -> None:
+        """A catalog rebuilt after retention: the coarse chain from the checkpoint."""
+        coarse = list(zip(head["maps"], extents, strict=True))
+        infos = self.catalog.replace_chain(
+            coarse,
+            [],
+            [],
+            [],
+            {
+                "oldest_seq": str(head["oldest_seq"]),
+                "baseline_end": str(head.get("baseline_end", 0)),
+                "baseline_done_time_ns": str(head.get("baseline_done_time_ns", 0)),
+            },
+        )
+        with self.catalog._lock:
+            c = self.catalog.conn
+            c.executemany(
+                "INSERT OR REPLACE INTO bookmark (name, seq, time_ns) VALUES (?, ?, ?)",
+                [(k, v[0], v[1]) for k, v in head.get("bookmarks", {}).items()],
+            )
+            c.execute("UPDATE volume SET baseline_done_seq = ?", (head["baseline_done_seq"],))
+        self.level0, self._l0_last_seq, self._l0_last_time = [], [], []
+        self.merged = {}
+        self.load()
+        assert [m.id for m in self.level0] == [m.id for m in infos]

@@ -30,7 +30,7 @@ import time
 
 import structlog
 
-from . import faults
+from . import faults, retention
 from . import record as R
 from .errors import CdpError, InvalidArgument
 from .jobs import Job, JobCancelled
@@ -65,6 +65,10 @@ class Protection:
         self._restore = None
         self._restore_job: Job | None = None
         self._resync_after_restore = False
+        self._retention_job: Job | None = None
+        self.segment_pool = 2
+        self.retention_interval = 300.0
+        self.min_free_fraction = 0.05
         self._bg_stop = threading.Event()
         self._bg_thread: threading.Thread | None = None
         self._state_lock = threading.RLock()
@@ -91,7 +95,7 @@ class Protection:
 
     @property
     def jobs(self) -> list[Job]:
-        jobs = (self.baseline_job, self._proc_job, self._restore_job)
+        jobs = (self.baseline_job, self._proc_job, self._restore_job, self._retention_job)
         return [j for j in jobs if j is not None and not j.done]
 
     def _on_durable(self, recs) -> None:
@@ -136,7 +140,7 @@ class Protection:
 
     def _stop_background(self) -> None:
         self._bg_stop.set()
-        for job in (self.baseline_job, self._proc_job, self._restore_job):
+        for job in (self.baseline_job, self._proc_job, self._restore_job, self._retention_job):
             if job is not None and not job.done:
                 job.cancel()
                 try:
@@ -235,7 +239,7 @@ class Protection:
 
     def _housekeeping(self) -> None:
         """Thread: DRL resets on their timer; retries of a failed secondary."""
-        last_reset = last_retry = time.monotonic()
+        last_reset = last_retry = last_retention = time.monotonic()
         while not self._bg_stop.wait(0.1):
             now = time.monotonic()
             try:
@@ -249,6 +253,9 @@ class Protection:
                     last_reset = now
                     if self.state == "in-sync":
                         self._drl.reset()
+                if now - last_retention >= self.retention_interval:
+                    last_retention = now
+                    self._retention_tick()
             except Exception as exc:  # keep housekeeping alive; say why
                 log.error("housekeeping.failed", error=repr(exc))
 
@@ -315,12 +322,98 @@ class Protection:
             self._restore_job = Job("restore", self.size, self._restore).start()
             return self._restore_job
 
+    # ------------------------------------------------------------ retention
+
+    @property
+    def retention(self) -> str | None:
+        """The retention policy in force (docs in retention.py), or None: keep everything."""
+        return self._catalog.get_meta("retention") or None
+
+    def set_retention(self, policy: str | None) -> str | None:
+        """Set (or with None clear) the policy; it applies on the housekeeping timer."""
+        self._check_open()
+        if policy is None:
+            self._catalog.set_meta("retention", "")
+            return None
+        text = str(retention.Policy.parse(policy))
+        self._catalog.set_meta("retention", text)
+        return text
+
+    def apply_retention(self, now: float | None = None, *, emergency: bool = False) -> Job:
+        """Apply the policy now, in the background (``now``: seconds, for tests)."""
+        self._check_open()
+        policy = self.retention
+        if policy is None and not emergency:
+            raise InvalidArgument("no retention policy set (set one: all:48h,1h:14d,1d:90d)")
+        with self._state_lock:
+            self._refuse_if_busy("retention run")
+            now_ns = None if now is None else int(now * 1e9)
+            pol = retention.Policy.parse(policy) if policy else None
+
+            def work(job):
+                return self._apply_retention(pol, now_ns, emergency)
+
+            self._retention_job = Job("retention", 1, work).start()
+            return self._retention_job
+
+    def _apply_retention(self, policy, now_ns, emergency: bool) -> dict:
+        if policy is None or emergency:
+            with self._maps._lock:
+                ages = sorted(m.last_time_ns for m in self._maps.level0)
+            if not ages:
+                return {}
+            now = now_ns or time.time_ns()
+            median_age = max(1e-6, (now - ages[len(ages) // 2]) / 1e9)
+            if policy is None or policy.tiers[0].keep > median_age:
+                policy = retention.Policy((retention.Tier(0.0, median_age),), median_age)
+        return retention.apply(self, policy, now_ns, emergency=emergency)
+
+    def _retention_tick(self) -> None:
+        """Housekeeping: the policy on its timer; fading when the secondary nears full."""
+        if self.state != "in-sync" or any(j.kind != "retention" for j in self.jobs):
+            return
+        try:
+            st = os.statvfs(self.secondary_path)
+            free = st.f_bavail / max(1, st.f_blocks)
+        except OSError:
+            free = 1.0
+        if free < self.min_free_fraction:
+            log.warning(
+                "secondary.nearly_full",
+                free_fraction=round(free, 4),
+                action="the oldest points fade first",
+            )
+            self._apply_retention(None, None, True)
+        elif self.retention:
+            self._apply_retention(retention.Policy.parse(self.retention), None, False)
+
+    def capacity(self) -> dict:
+        """Journal bytes, free space, the oldest recoverable point, points per tier."""
+        try:
+            st = os.statvfs(self.secondary_path)
+            free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+        except OSError:
+            free = total = 0
+        points = self.points()
+        tiers: dict[str, int] = {}
+        for p in points:
+            tiers[p.kind] = tiers.get(p.kind, 0) + 1
+        return {
+            "journal_bytes": retention.journal_bytes(self),
+            "secondary_free_bytes": free,
+            "secondary_total_bytes": total,
+            "oldest_point": {"seq": points[0].seq, "time": points[0].time} if points else None,
+            "points": len(points),
+            "points_by_kind": tiers,
+            "retention": self.retention,
+        }
+
     def _refuse_if_busy(self, what: str) -> None:
         if self._maps.baseline_done_seq is None:
             raise Busy(f"the baseline is still running: no {what} yet")
         if self._oos:
             raise Busy(f"the secondary is out of sync: resync before a {what}")
-        for job in (self._proc_job, self._restore_job):
+        for job in (self._proc_job, self._restore_job, self._retention_job):
             if job is not None and not job.done:
                 raise Busy(f"a {job.kind} is running ({100 * job.progress:.0f} %)")
 
@@ -349,7 +442,7 @@ class Protection:
 
     def _start_procedure(self, kind: str, *, _after: Job | None = None, **kw) -> Job:
         with self._state_lock:
-            for job in (self._proc_job, self._restore_job):
+            for job in (self._proc_job, self._restore_job, self._retention_job):
                 if job is not None and not job.done and job is not _after:
                     raise Busy(f"a {job.kind} is already running ({100 * job.progress:.0f} %)")
             proc = Procedure(self, kind, **kw)

@@ -54,6 +54,7 @@ from .jobs import Job
 from .journal import Journal, list_segments, segment_path
 from .mapengine import MapEngine
 from .protection import DEFAULT_REGION_SIZE, MODES, Protection
+from .retention import read_checkpoint
 
 log = structlog.get_logger("cdp.volume")
 
@@ -258,9 +259,24 @@ class ProtectedVolume(Protection):
                     self._catalog, self._journal, map_records=map_records, map_seconds=map_seconds
                 )
                 self._maps.load()
+                ckpt_start = None
+                if not self._maps.level0:
+                    ckpt = read_checkpoint(
+                        os.path.join(self.secondary_path, "checkpoints"), str(self.uuid)
+                    )
+                    if ckpt is not None:  # a rebuild after retention reclaimed segments
+                        self._maps.load_checkpoint(*ckpt)
+                        head = ckpt[0]
+                        ckpt_start = (
+                            head["resume_addr"],
+                            head["resume_seq"],
+                            head["resume_time_ns"],
+                        )
                 last = self._maps.last_map
                 start, prev_seq, prev_time = 0, 0, 0
-                if last is not None:
+                if ckpt_start is not None:
+                    start, prev_seq, prev_time = ckpt_start
+                elif last is not None:
                     self._check_cursor(last)
                     start, prev_seq, prev_time = last.j_end, last.last_seq, last.last_time_ns
                 break
@@ -508,7 +524,8 @@ class ProtectedVolume(Protection):
         for m in maps:
             if m.last_seq > done and m.last_seq not in by_seq:
                 by_seq[m.last_seq] = Point(m.last_seq, m.last_time_ns / 1e9, "map")
-        return sorted((p for p in by_seq.values() if p.seq >= done), key=lambda p: p.seq)
+        oldest = max(done, self._maps.oldest_seq)
+        return sorted((p for p in by_seq.values() if p.seq >= oldest), key=lambda p: p.seq)
 
     def _require_baseline(self) -> None:
         if self._maps.baseline_done_seq is None:
@@ -554,6 +571,11 @@ class ProtectedVolume(Protection):
             raise InvalidArgument(f"seq must be an integer, got {seq!r}")
         if seq < done:
             raise PointNotAvailable(f"seq {seq} is before the baseline completed (seq {done})")
+        if seq < self._maps.oldest_seq:
+            raise PointNotAvailable(
+                f"seq {seq} was faded out by retention; the oldest "
+                f"recoverable point is seq {self._maps.oldest_seq}"
+            )
         if seq > self._journal.last_seq:
             raise PointNotAvailable(
                 f"seq {seq} is not written yet (last is {self._journal.last_seq})"
