@@ -196,7 +196,13 @@ class DirtyRegionLog:
 
     # ------------------------------------------------------------ the write path
 
-    def mark(self, offset: int, length: int, *, pin: bool = True) -> None:
+    def flush(self) -> None:
+        """Make every bit set so far durable (after ``mark(..., durable=False)``)."""
+        with self._lock:
+            gen = self._gen
+        self._persist(gen)
+
+    def mark(self, offset: int, length: int, *, pin: bool = True, durable: bool = True) -> None:
         """Set (and pin) the regions of a write; durable before this returns."""
         regs = self.regions(offset, length)
         gen = 0
@@ -209,7 +215,7 @@ class DirtyRegionLog:
                     self._bits[byte] |= bit
                     self._gen += 1
                     gen = self._gen
-        if gen:
+        if gen and durable:
             self._persist(gen)
 
     def unpin(self, offset: int, length: int) -> None:

@@ -71,10 +71,14 @@ def resolve(layers: PitLayers, catalog, start: int, end: int) -> list[tuple[int,
 
 
 def read_pieces(journal, pieces, start: int, length: int) -> bytes:
+    """The bytes of [start, start + length) from resolved pieces (one copy at most)."""
+    if len(pieces) == 1 and pieces[0][2] != ZERO:
+        return journal.read_payload(pieces[0][2], length)
     buf = bytearray(length)
+    view = memoryview(buf)
     for s, e, a in pieces:
         if a != ZERO:
-            buf[s - start : e - start] = journal.read_payload(a, e - s)
+            journal.read_into(a, view[s - start : e - start])
     return bytes(buf)
 
 

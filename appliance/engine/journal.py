@@ -75,6 +75,7 @@ class Rec:
     addr: int  # journal address of the record header
     payload_len: int
     name: str | None = None  # bookmark name
+    refs: tuple | None = None  # REF records: (p_start, p_end, addr) triples
 
     @property
     def payload_addr(self) -> int:
@@ -168,6 +169,7 @@ class Journal:
         self._inflight: list[Rec] = []
         self._rfds: dict[int, int] = {}
         self._rlock = threading.Lock()
+        self._retired_fds: list[int] = []
         self.on_durable: Callable[[list[Rec]], None] | None = None
 
     # ------------------------------------------------------------------ recovery
@@ -254,6 +256,7 @@ class Journal:
                         seg_reason = f"at {segno}:{pos}: {why}"
                         break
                     name = payload.decode("utf-8", "replace") if h.kind == R.BOOKMARK else None
+                    refs = R.unpack_refs(payload) if h.kind == R.REF else None
                     records.append(
                         Rec(
                             h.seq,
@@ -265,6 +268,7 @@ class Journal:
                             R.jaddr(segno, pos),
                             h.payload_len,
                             name,
+                            refs,
                         )
                     )
                     last_seq, last_time = h.seq, h.time_ns
@@ -361,7 +365,8 @@ class Journal:
                 kind, flags, seq, now, offset, length, plen, self._segno, self.vtag, pcrc
             )
             name = payload.decode("utf-8") if kind == R.BOOKMARK else None
-            rec = Rec(seq, now, kind, flags, offset, length, addr, plen, name)
+            refs = R.unpack_refs(payload) if kind == R.REF else None
+            rec = Rec(seq, now, kind, flags, offset, length, addr, plen, name, refs)
             self._pending.append((rec, header, payload))
             self._pending_bytes += size
             self._pos += size
@@ -413,9 +418,10 @@ class Journal:
             self.io.close(fd)
         self._old_fds, self._wfd = [], None
         with self._rlock:
-            for fd in self._rfds.values():
+            for fd in list(self._rfds.values()) + self._retired_fds:
                 self.io.close(fd)
             self._rfds.clear()
+            self._retired_fds = []
 
     @property
     def current_segment(self) -> int:
@@ -557,15 +563,40 @@ class Journal:
         with self._rlock:
             fd = self._rfds.get(segno)
             if fd is None:
-                if len(self._rfds) > 64:
-                    for old in list(self._rfds)[:32]:
-                        self.io.close(self._rfds.pop(old))
+                if len(self._rfds) > 256:
+                    # Another thread may be reading through an evicted fd right
+                    # now: retire it (closed at close()), never close it here.
+                    for old in list(self._rfds)[:128]:
+                        self._retired_fds.append(self._rfds.pop(old))
                 fd = self.io.open(segment_path(self.folder, segno), os.O_RDONLY)
                 self._rfds[segno] = fd
         data = self.io.pread_exact(fd, length, off)
         if len(data) != length:
             raise JournalCorrupt(f"short read of {length} bytes at {segno}:{off}")
         return data
+
+    def forget_segment(self, segno: int) -> None:
+        """Retention reclaimed a segment: close its read fd so the space comes back."""
+        with self._rlock:
+            fd = self._rfds.pop(segno, None)
+        if fd is not None:
+            self.io.close(fd)
+
+    def read_into(self, addr: int, view: memoryview) -> None:
+        """Fill ``view`` from the journal at a payload address (no extra copy)."""
+        segno, off = R.jsplit(addr)
+        with self._rlock:
+            fd = self._rfds.get(segno)
+        if fd is None:
+            self.read_payload(addr, 0)  # opens and caches the segment
+            with self._rlock:
+                fd = self._rfds[segno]
+        got = 0
+        while got < len(view):
+            n = os.preadv(fd, [view[got:]], off + got)
+            if n <= 0:
+                raise JournalCorrupt(f"short read of {len(view)} bytes at {segno}:{off}")
+            got += n
 
     def iter_records(self, first_addr: int, end_addr: int) -> Iterator[Rec]:
         """Records with headers in [first_addr, end_addr) (already validated once)."""

@@ -40,11 +40,14 @@ FANOUT = 8
 
 
 def records_to_map(recs: list[Rec]) -> ExtentMap:
-    data = [
-        (r.offset, r.length, r.payload_addr if r.kind == R.WRITE else ZERO)
-        for r in recs
-        if r.kind in R.DATA_KINDS and r.length
-    ]
+    data = []
+    for r in recs:
+        if r.kind == R.WRITE:
+            data.append((r.offset, r.length, r.payload_addr))
+        elif r.kind == R.ZERO and r.length:
+            data.append((r.offset, r.length, ZERO))
+        elif r.kind == R.REF:
+            data.extend((a, b - a, addr) for a, b, addr in r.refs)
     return ExtentMap.from_records(data)
 
 

@@ -33,6 +33,7 @@ MAX_PAYLOAD = 8 << 20
 WRITE = 1
 ZERO = 2
 BOOKMARK = 3
+REF = 4  # an extent that re-uses data already in the journal (restore)
 BASELINE_DONE = 16
 IN_SYNC = 17
 OUT_OF_SYNC = 18
@@ -42,13 +43,15 @@ KIND_NAMES = {
     WRITE: "write",
     ZERO: "zero",
     BOOKMARK: "bookmark",
+    REF: "ref",
     BASELINE_DONE: "baseline-done",
     IN_SYNC: "in-sync",
     OUT_OF_SYNC: "out-of-sync",
     FIXUP: "fix-up",
     RESTORE: "restore",
 }
-DATA_KINDS = (WRITE, ZERO)
+DATA_KINDS = (WRITE, ZERO, REF)
+REF_ENTRY = struct.Struct("<qqq")  # p_start, p_end, journal address (or -1: zeros)
 
 # Record flags.
 FLAG_BASELINE = 1  # part of the initial copy of the primary
@@ -175,6 +178,8 @@ def parse_record_header(raw: bytes, *, segno: int, vtag: bytes) -> RecordHeader 
         return f"write record payload length {plen} != length {length}"
     if kind in (ZERO, BASELINE_DONE, IN_SYNC, OUT_OF_SYNC, FIXUP, RESTORE) and plen:
         return f"{KIND_NAMES[kind]} record with a payload"
+    if kind == REF and (plen == 0 or plen % REF_ENTRY.size):
+        return f"ref record payload length {plen} is not a positive multiple of 24"
     if kind == BOOKMARK and not 0 < plen <= MAX_BOOKMARK_NAME:
         return f"bookmark name length {plen} out of range"
     (crc,) = CRC.unpack_from(raw, 60)
@@ -193,3 +198,11 @@ def jaddr(segno: int, offset: int) -> int:
 
 def jsplit(addr: int) -> tuple[int, int]:
     return addr >> 32, addr & 0xFFFFFFFF
+
+
+def pack_refs(triples) -> bytes:
+    return b"".join(REF_ENTRY.pack(a, b, c) for a, b, c in triples)
+
+
+def unpack_refs(payload) -> tuple:
+    return tuple(REF_ENTRY.iter_unpack(bytes(payload)))

@@ -7,12 +7,15 @@
   restore is undone by restoring that point.
 * The copier walks the regions (the DRL's region size).  For each region it
   reads the target image and the primary; when they differ it writes the
-  primary and journals the bytes (``WRITE`` records flagged ``RESTORE``), all
+  primary and journals where the bytes are (``REF`` records flagged ``RESTORE``), all
   under the volume's order lock.  The region is then marked in the
   **restored map** (``restore.bin``: the DRL's durable, group-committed
   bitmap format) *before* anything else may rely on it.
 * **Reads** of a restored region come from the primary; of a region not yet
   restored, from the target image through its PIT map ([0076]).
+* The journal does not get the bytes again: a ``REF`` record names the
+  journal extents that already hold them (the target's PIT map for the
+  region), so a restore costs the journal metadata only.
 * **Host writes win**: a write to a region not yet restored first restores
   that region (under the order lock, marked durable), then lands on top; the
   copier never touches a restored region again.
@@ -42,6 +45,7 @@ from . import record as R
 from .drl import DirtyRegionLog
 from .errors import CdpError
 from .fileio import write_file_atomic
+from .image import read_pieces, resolve
 from .jobs import Job, JobCancelled
 
 if TYPE_CHECKING:
@@ -50,6 +54,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("cdp.restore")
 
 PARAMS_FILE = "restore.json"
+BATCH = 16  # regions per DRL sync and per restored-map sync
 MAP_FILE = "restore.bin"
 
 
@@ -79,6 +84,7 @@ class Restore:
         self.started = time.monotonic()
         self.bytes_copied = 0
         self.regions_skipped = 0
+        self._unflushed: set[int] = set()  # restored, mark not durable yet
 
     # ------------------------------------------------------------ set-up
 
@@ -144,42 +150,68 @@ class Restore:
         return bytes(out)
 
     def before_write(self, offset: int, length: int) -> None:
-        """Order lock held: restore the regions a host write touches first."""
+        """Order lock held: restore the regions a host write touches first.
+
+        A region the copier restored but whose mark is not durable yet is
+        made durable before the host write may land on it.
+        """
         for r in self.done.regions(offset, length):
             if not self.done.is_dirty(r):
-                self.copy_region(r)
+                self.copy_region(r, premarked=False)
+                self.done.flush()
+            elif r in self._unflushed:
+                self.done.flush()
+                self._unflushed.clear()
 
-    def copy_region(self, r: int) -> None:
-        """Order lock held."""
+    def copy_region(self, r: int, *, premarked: bool) -> None:
+        """Order lock held.  ``premarked``: the copier already set the DRL bit."""
         vol = self.vol
         a = r * self.rs
         n = min(vol.size, a + self.rs) - a
-        data = self.target.read(a, n)
+        pieces = resolve(self.target._layers, vol._catalog, a, a + n)
+        data = read_pieces(vol._journal, pieces, a, n)
         if vol._read_primary(a, n) != data:
-            vol._drl.mark(a, n)
+            if not premarked:
+                vol._drl.mark(a, n)
             vol._pwrite(a, data)
-            vol._journal.append(R.WRITE, a, n, data, flags=R.FLAG_RESTORE)
+            # The journal already holds these bytes: a REF record points at them.
+            vol._journal.append(R.REF, a, n, R.pack_refs(pieces), flags=R.FLAG_RESTORE)
             self.bytes_copied += n
         else:
+            if premarked:
+                vol._drl.unpin(a, n)  # no record will release this pin
             self.regions_skipped += 1
-        self.done.mark(a, n, pin=False)
+        self.done.mark(a, n, pin=False, durable=False)
+        self._unflushed.add(r)
 
     # ------------------------------------------------------------ the copier
 
     def __call__(self, job: Job) -> dict:
+        """Regions in batches: one DRL sync before, one restored-map sync after."""
         vol = self.vol
         job.done_units = self.done.dirty_count() * self.rs
-        for r in range(self.nregions):
+        todo = [r for r in range(self.nregions) if not self.done.is_dirty(r)]
+        for k in range(0, len(todo), BATCH):
+            batch = todo[k : k + BATCH]
             if job.cancelled or vol._closed:
                 raise JobCancelled()
-            if self.done.is_dirty(r):
-                continue
+            for r in batch:  # mark-before-write for the whole batch at once
+                vol._drl.mark(r * self.rs, self.rs, durable=False)
+            vol._drl.flush()
+            for r in batch:
+                with vol._order_lock:
+                    if not self.done.is_dirty(r):
+                        self.copy_region(r, premarked=True)
+                    else:
+                        vol._drl.unpin(r * self.rs, self.rs)
+                job.advance(self.rs)
+                job.stats.update(
+                    bytes_copied=self.bytes_copied, regions_unchanged=self.regions_skipped
+                )
+                faults.point("restore.copy", region=r, job=job)
             with vol._order_lock:
-                if not self.done.is_dirty(r):
-                    self.copy_region(r)
-            job.advance(self.rs)
-            job.stats.update(bytes_copied=self.bytes_copied, regions_unchanged=self.regions_skipped)
-            faults.point("restore.copy", region=r, job=job)
+                self.done.flush()
+                self._unflushed.clear()
         return vol._finish_restore(self)
 
     def result(self) -> dict:

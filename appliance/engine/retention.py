@@ -385,6 +385,7 @@ def reclaim(vol, protect_from: int) -> dict:
         if segno >= protect_from or segno in referenced:
             continue
         path = segment_path(folder, segno)
+        vol._journal.forget_segment(segno)
         nbytes += os.path.getsize(path)
         count += 1
         if pooled < vol.segment_pool:
