@@ -194,6 +194,7 @@ class Catalog:
         baseline_done_seq: int | None = None,
         segments: list[tuple[int, int, int, int]] = (),
         meta: dict[str, str] | None = None,
+        unbookmarks: list[str] = (),
     ) -> MapInfo:
         """Insert one map with its extents (and what closed with it) atomically."""
         rows = zip(
@@ -232,6 +233,7 @@ class Catalog:
                 )
                 if baseline_done_seq is not None:
                     c.execute("UPDATE volume SET baseline_done_seq = ?", (baseline_done_seq,))
+                c.executemany("DELETE FROM bookmark WHERE name = ?", [(n,) for n in unbookmarks])
                 for key, value in (meta or {}).items():
                     c.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)

@@ -255,7 +255,11 @@ class Journal:
                     if why is not None:
                         seg_reason = f"at {segno}:{pos}: {why}"
                         break
-                    name = payload.decode("utf-8", "replace") if h.kind == R.BOOKMARK else None
+                    name = (
+                        payload.decode("utf-8", "replace")
+                        if h.kind in (R.BOOKMARK, R.UNBOOKMARK)
+                        else None
+                    )
                     refs = R.unpack_refs(payload) if h.kind == R.REF else None
                     records.append(
                         Rec(
@@ -364,7 +368,7 @@ class Journal:
             header = R.pack_record_header(
                 kind, flags, seq, now, offset, length, plen, self._segno, self.vtag, pcrc
             )
-            name = payload.decode("utf-8") if kind == R.BOOKMARK else None
+            name = payload.decode("utf-8") if kind in (R.BOOKMARK, R.UNBOOKMARK) else None
             refs = R.unpack_refs(payload) if kind == R.REF else None
             rec = Rec(seq, now, kind, flags, offset, length, addr, plen, name, refs)
             self._pending.append((rec, header, payload))

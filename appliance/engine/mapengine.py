@@ -136,6 +136,8 @@ class MapEngine:
             if r.kind == R.BOOKMARK:
                 self.bookmarks[r.name] = (r.seq, r.time_ns)
                 close = True
+            elif r.kind == R.UNBOOKMARK:
+                self.bookmarks.pop(r.name, None)
             elif r.kind == R.BASELINE_DONE:
                 self.baseline_done_seq = r.seq
                 self.baseline_done_time_ns = r.time_ns
@@ -259,6 +261,7 @@ class MapEngine:
         extents = records_to_map(recs)
         idx = len(self.level0)
         bms = [(r.name, r.seq, r.time_ns) for r in recs if r.kind == R.BOOKMARK]
+        unbms = [r.name for r in recs if r.kind == R.UNBOOKMARK]
         done = next((r for r in recs if r.kind == R.BASELINE_DONE), None)
         meta = {}
         if done is not None:
@@ -294,6 +297,7 @@ class MapEngine:
             baseline_done_seq=done.seq if done is not None else None,
             segments=[(k, *v) for k, v in segs.items()],
             meta=meta,
+            unbookmarks=unbms,
         )
         with self._lock:
             self._append_level0(info)

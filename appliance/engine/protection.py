@@ -396,8 +396,17 @@ class Protection:
             free = total = 0
         points = self.points()
         tiers: dict[str, int] = {}
+        policy = retention.Policy.parse(self.retention) if self.retention else None
+        now = time.time()
         for p in points:
-            tiers[p.kind] = tiers.get(p.kind, 0) + 1
+            t = None if policy is None else policy.tier_of(now - p.time)
+            if policy is None:
+                key = "all"
+            elif t is None:
+                key = "beyond"
+            else:
+                key = str(retention.Policy((policy.tiers[t],), policy.tiers[t].keep))
+            tiers[key] = tiers.get(key, 0) + 1
         return {
             "journal_bytes": retention.journal_bytes(self),
             "secondary_free_bytes": free,

@@ -34,6 +34,7 @@ WRITE = 1
 ZERO = 2
 BOOKMARK = 3
 REF = 4  # an extent that re-uses data already in the journal (restore)
+UNBOOKMARK = 5  # a bookmark deleted by the admin
 BASELINE_DONE = 16
 IN_SYNC = 17
 OUT_OF_SYNC = 18
@@ -44,6 +45,7 @@ KIND_NAMES = {
     ZERO: "zero",
     BOOKMARK: "bookmark",
     REF: "ref",
+    UNBOOKMARK: "unbookmark",
     BASELINE_DONE: "baseline-done",
     IN_SYNC: "in-sync",
     OUT_OF_SYNC: "out-of-sync",
@@ -180,7 +182,7 @@ def parse_record_header(raw: bytes, *, segno: int, vtag: bytes) -> RecordHeader 
         return f"{KIND_NAMES[kind]} record with a payload"
     if kind == REF and (plen == 0 or plen % REF_ENTRY.size):
         return f"ref record payload length {plen} is not a positive multiple of 24"
-    if kind == BOOKMARK and not 0 < plen <= MAX_BOOKMARK_NAME:
+    if kind in (BOOKMARK, UNBOOKMARK) and not 0 < plen <= MAX_BOOKMARK_NAME:
         return f"bookmark name length {plen} out of range"
     (crc,) = CRC.unpack_from(raw, 60)
     return RecordHeader(kind, flags, seq, time_ns, offset, length, plen, crc)

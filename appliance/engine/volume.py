@@ -509,6 +509,15 @@ class ProtectedVolume(Protection):
             self._pending_names.discard(name)
         return Point(rec.seq, rec.time_ns / 1e9, "bookmark", name)
 
+    def delete_bookmark(self, name: str) -> None:
+        """Delete a bookmark (journaled, so a catalog rebuild does not bring it back)."""
+        self._check_open()
+        with self._order_lock:
+            if name not in self._maps.bookmarks:
+                raise UnknownBookmark(name)
+            rec = self._journal.append(R.UNBOOKMARK, 0, 0, name.encode())
+        self._sync(rec.seq)
+
     def points(self) -> list[Point]:
         """Bookmarks and delta-map boundaries from the baseline on, oldest first."""
         done = self._maps.baseline_done_seq

@@ -206,3 +206,23 @@ def test_compare_and_write(vol):
     assert vol.read(4096, 512) == b"b" * 512  # nothing written
     with pytest.raises(InvalidRange, match="compare length"):
         vol.compare_and_write(4096, b"b" * 512, b"c" * 1024)
+
+
+def test_delete_bookmark_is_journaled(tmp_path):
+    vol = make_volume(tmp_path, map_records=4)
+    vol.write(0, b"a" * 512)
+    vol.bookmark("tmp")
+    vol.bookmark("keep")
+    vol.delete_bookmark("tmp")
+    with pytest.raises(KeyError):
+        vol.image(bookmark="tmp")
+    with pytest.raises(UnknownBookmark):
+        vol.delete_bookmark("tmp")
+    vol.close()
+    for suffix in ("", "-wal", "-shm"):
+        p = tmp_path / "state" / f"catalog.sqlite{suffix}"
+        if p.exists():
+            p.unlink()
+    vol = reopen(tmp_path, map_records=4)  # a rebuild does not resurrect it
+    assert [p.name for p in vol.points() if p.kind == "bookmark"] == ["keep"]
+    vol.close()
