@@ -11,7 +11,7 @@ Semantics (the byte layouts are in docs/FORMAT.md):
 * The **writer** thread takes everything pending and writes it with one
   ``pwritev`` per segment touched.  The **syncer** thread, beside it, runs one
   ``fdatasync`` for everything written so far whenever anybody waits for
-  durability (or 1 s passed, or 65,536 records are unsynced), while the writer
+  durability (or 5 s passed, or 65,536 records are unsynced), while the writer
   goes on filling the page cache: a pipelined group commit.  A record is
   **durable** once an ``fdatasync`` that started after its write returned;
   ``sync(seq)`` returns only then, and only after the map engine got it.
@@ -59,7 +59,7 @@ SEQ_GAP = 1 << 21
 MAX_PENDING_RECORDS = 1 << 19
 MAX_UNSYNCED_RECORDS = 1 << 16
 DEFAULT_MAX_PENDING_BYTES = 64 << 20
-SYNC_INTERVAL = 1.0
+SYNC_INTERVAL = 5.0
 
 
 @dataclass(slots=True)

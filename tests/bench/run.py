@@ -467,7 +467,7 @@ def main(argv=None) -> None:
         bench_journal_append(workdir, 16 * MiB if q else 1024 * MiB),
         bench_random_writes(workdir, 640 if q else 20_000, 64 * MiB if q else 1024 * MiB),
     ]
-    rows += bench_resync_vs_rebaseline(workdir, 32 * MiB if q else 1024 * MiB)
+    rows += bench_resync_vs_rebaseline(workdir, 32 * MiB if q else 2048 * MiB)
     rows += bench_drl_latency(workdir, 64 * MiB if q else 1024 * MiB, 1.0 if q else 8.0)
     rows += bench_restore(workdir, 32 * MiB if q else 1024 * MiB)
     rows += bench_retention(workdir, 32 * MiB if q else 256 * MiB, 3 if q else 8)
