@@ -9,10 +9,11 @@ STAMP   := $(VENV)/.installed
 
 all: test
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml targetcli-ext/pyproject.toml
 	python3 -m venv $(VENV) || { apt-get update && apt-get install -y python3-venv && python3 -m venv $(VENV); }
 	$(VENV)/bin/pip install --upgrade pip >/dev/null
 	$(VENV)/bin/pip install -e '.[test]'
+	$(VENV)/bin/pip install -e ./targetcli-ext
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -25,8 +26,8 @@ test-unit: $(STAMP)
 	$(PYTEST) -q tests/unit
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check appliance tests
-	$(VENV)/bin/ruff format --check appliance tests
+	$(VENV)/bin/ruff check appliance tests targetcli-ext
+	$(VENV)/bin/ruff format --check appliance tests targetcli-ext
 
 # Longer versions of the crash and property tests.
 soak: $(STAMP)

@@ -418,6 +418,8 @@ class Protection:
         }
 
     def _refuse_if_busy(self, what: str) -> None:
+        if self._restore is not None:
+            raise Busy(f"a restore is in progress: no {what} until it completes")
         if self._maps.baseline_done_seq is None:
             raise Busy(f"the baseline is still running: no {what} yet")
         if self._oos:

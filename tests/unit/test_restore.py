@@ -118,7 +118,7 @@ def test_restore_refusals(tmp_path):
     gate = threading.Event()
     with faults.inject("restore.copy", lambda region, job: gate.wait(10)):
         job = vol.restore(seq=vol.last_seq)
-        with pytest.raises(Busy, match="restore is running"):
+        with pytest.raises(Busy, match="restore is in progress"):
             vol.restore(seq=vol.last_seq)
         with pytest.raises(Busy, match="restore is already running"):
             vol.rebaseline()
