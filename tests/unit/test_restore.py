@@ -142,11 +142,14 @@ def test_crash_mid_restore_resumes_and_reads_stay_correct(tmp_path, kill_at):
     host = (tmp_path / "host.bin").read_bytes()  # a FUA write made mid-restore
     expect = bytearray(good_data)
     expect[20 * RS : 20 * RS + len(host)] = host
-    vol = reopen(tmp_path)
-    assert vol.state == "restoring"
-    # Correct before the copier makes any progress, and until it ends.
-    assert vol.read(0, SIZE) == bytes(expect)
-    vol._restore_job.wait(60)
+    gate = threading.Event()
+    with faults.inject("restore.copy", lambda region, job: gate.wait(30)):
+        vol = reopen(tmp_path)
+        assert vol.state == "restoring"
+        # Correct before the copier makes any progress, and until it ends.
+        assert vol.read(0, SIZE) == bytes(expect)
+        gate.set()
+        vol._restore_job.wait(60)
     assert vol.read(0, SIZE) == bytes(expect)
     if vol._proc_job is not None:  # the resync an unclean stop calls for
         vol._proc_job.wait(60)
