@@ -5,11 +5,12 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
-from appliance.engine import ProtectedVolume, record
+from appliance.engine import ProtectedVolume, faults, record
 
 from . import crash_writer as W
 from .helpers import make_volume, pattern, reopen
@@ -77,11 +78,14 @@ def test_sigkill_loses_no_acknowledged_write(tmp_path, seed):
     first, acked = run_and_kill(tmp_path, seed, min_acks=3 + seed)
     last = journal_end(tmp_path)  # the journal's valid end after the kill
     assert last >= acked
-    vol = reopen(tmp_path)
-    # The unclean stop left dirty DRL regions: a resync runs by itself and
-    # journals what reached the primary but not the journal.
-    assert vol.state == "resyncing"
-    vol._proc_job.wait(60)
+    gate = threading.Event()
+    with faults.inject("resync.scan", lambda index, job: gate.wait(30)):
+        vol = reopen(tmp_path)
+        # The unclean stop left dirty DRL regions: a resync runs by itself and
+        # journals what reached the primary but not the journal.
+        assert vol.state == "resyncing"
+        gate.set()
+        vol._proc_job.wait(60)
     assert vol.state == "in-sync"
     journaled = model_upto(seed, first, last)
     # The journal holds exactly a prefix (no holes) up to its end.

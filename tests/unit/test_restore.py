@@ -43,14 +43,14 @@ def test_restore_while_reading_every_read_returns_the_point(tmp_path):
             off = rnd.randrange(0, SIZE // 512 - 16) * 512
             ln = rnd.randrange(1, 16) * 512
             checks.append(vol.read(off, ln) == good_data[off : off + ln])
+        checks.append(vol.state == "restoring")
 
     with faults.inject("restore.copy", slow_and_check):
         job = vol.restore(bookmark="good")
-        assert vol.state == "restoring"
         # The first read right after restore() returned: already the point's data.
         assert vol.read(0, 4096) == good_data[:4096]
         result = job.wait(60)
-    assert all(checks) and len(checks) >= 3 * (SIZE // RS)
+    assert all(checks) and len(checks) >= 4 * (SIZE // RS)
     assert vol.state == "in-sync"
     assert vol.read(0, SIZE) == good_data
     assert result["bytes_copied"] == (SIZE // RS // 2) * RS  # only the changed regions

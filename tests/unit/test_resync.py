@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from appliance.engine import faults
+
 from .helpers import FlakyIO, make_volume, pattern
 
 RS = 64 << 10
@@ -115,9 +117,12 @@ def test_out_of_sync_survives_restart_and_resyncs_at_open(tmp_path):
     vol.close()
     from .helpers import reopen
 
-    vol = reopen(tmp_path)
-    assert vol.state == "resyncing"
-    vol._proc_job.wait(30)
+    gate = threading.Event()
+    with faults.inject("resync.scan", lambda index, job: gate.wait(30)):
+        vol = reopen(tmp_path)
+        assert vol.state == "resyncing"
+        gate.set()
+        vol._proc_job.wait(30)
     assert vol.state == "in-sync"
     assert vol.image().read(5 * RS, 4096) == pattern(5, 4096)
     vol.close()
