@@ -1,0 +1,436 @@
+"""Minimal reproducers of engine bugs the durability tests found.
+
+Each function returns None when the engine behaves, else one line saying what
+went wrong.  The strict-xfail tests call them (so a fix turns them XPASS, and
+strict makes that a failure to notice), and the seeded crash-state test uses
+them to decide whether a failure it sees is still explained by a known bug
+(``crashsim.known_bug``): once a bug is fixed, its tolerance switches off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import random
+import threading
+import time
+import uuid as uuidlib
+
+from appliance.engine import CdpError
+from appliance.engine import journal as J
+from appliance.engine import record as R
+from appliance.engine.fileio import OsFileIO
+from appliance.engine.journal import Journal, list_segments
+
+from .faultfs import FaultFS
+from .helpers import abandon, create, open_tracked, open_volume, paths, scratch_dir, settle
+
+SIZE = 256 << 10
+
+
+class ReproducerBroken(RuntimeError):
+    """The engine changed under a reproducer: it no longer sets up its scenario."""
+
+
+@contextlib.contextmanager
+def _no_timer_sync():
+    """The syncer's 1 s timer must not sync what a reproducer leaves unsynced on purpose."""
+    interval, J.SYNC_INTERVAL = J.SYNC_INTERVAL, 3600.0
+    try:
+        yield
+    finally:
+        J.SYNC_INTERVAL = interval
+
+
+def _wait_unsynced(fs: FaultFS, pattern: str, timeout: float = 5.0) -> None:
+    """Until the journal writer has put something in the page cache."""
+    deadline = time.monotonic() + timeout
+    while not fs.unsynced(pattern):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing unsynced in {pattern}")
+        time.sleep(0.001)
+
+
+def _open_after_power_loss(
+    d: str, writes: list[tuple[int, int, bytes]], points_from: int | None = None
+) -> str | None:
+    """Open with plain I/O: every acknowledged (seq, offset, data) must read back.
+
+    In the present image; with ``points_from``, also at every offered point
+    from that seq on (the writes at or before the point; none overlap).
+    """
+    try:
+        vol = open_tracked(d)
+    except CdpError as exc:
+        return f"open after the power loss refused: {exc}"
+    try:
+        settle(vol)
+        for _seq, off, data in writes:
+            if vol.image().read(off, len(data)) != data:
+                return f"acknowledged write at {off} lost"
+        for p in vol.points() if points_from is not None else ():
+            if p.seq < points_from:
+                continue
+            image = vol.image(seq=p.seq)
+            for seq, off, data in writes:
+                got = image.read(off, len(data))
+                if seq <= p.seq and got != data:
+                    bad = sum(x != y for x, y in zip(got, data, strict=True))
+                    return (
+                        f"offered {p.kind} point at seq {p.seq} (suspect={image.suspect}) "
+                        f"serves {bad} garbage bytes of an acknowledged write"
+                    )
+        return None
+    except CdpError as exc:
+        return f"after the power loss: {exc}"
+    finally:
+        vol.close()
+
+
+def unsynced_tail_after_kill(root: str) -> str | None:
+    """kill -9, reopen, flush, power loss: every write the flush acknowledged is there.
+
+    The reopen replays records the dead process wrote but never fdatasynced
+    (still in the page cache): into delta maps in the catalog, and into the
+    new segment's prev_last_seq.  Nothing ever fdatasyncs them, yet the next
+    flush() acknowledges them.  The power loss tears them: offered points
+    (not suspect) read the torn journal bytes as data, or fail with a short
+    read, and a scan from the start refuses the journal ("durable records are
+    missing").  The resync after the second unclean stop repairs only the
+    present image, from the primary.
+    """
+    problems = []
+    for seed in range(4):
+        with scratch_dir(root, "bug-tail") as d, _no_timer_sync():
+            fs = FaultFS()
+            vol = create(d, SIZE, io=fs)
+            w = [(vol.write(0, b"1" * 4096), 0, b"1" * 4096)]
+            vol.flush()
+            w.append((vol.write(4096, b"2" * 4096), 4096, b"2" * 4096))  # never synced
+            _wait_unsynced(fs, "*.seg")
+            fs.kill()
+            abandon(vol, fs)
+            fs.restart()
+            vol = open_tracked(d, io=fs)
+            settle(vol)
+            w.append((vol.write(8192, b"3" * 4096), 8192, b"3" * 4096))
+            vol.flush()  # acknowledges everything up to here, the replayed write included
+            fs.crash(random.Random(seed), mode="tear")
+            abandon(vol, fs)
+            got = _open_after_power_loss(d, w, points_from=w[1][0])
+            if got:
+                problems.append(got)
+    if not problems:
+        return None
+    return min(problems, key=lambda p: "garbage" not in p)
+
+
+def segment_header_never_synced(root: str) -> str | None:
+    """Clean close, open, clean close, open, ack a write, power loss: the volume must open.
+
+    An open begins a segment (header written, folder fsynced) but nothing
+    fdatasyncs the header unless a record lands in it; a clean close with no
+    new record leaves it in the page cache.  The power loss empties it, and
+    as it is not the last segment, the journal is refused as corrupt.
+    """
+    with scratch_dir(root, "bug-header") as d:
+        fs = FaultFS()
+        vol = create(d, SIZE, io=fs)
+        w = [(vol.write(0, b"1" * 4096), 0, b"1" * 4096)]
+        vol.close()
+        open_volume(d, io=fs).close()  # segment 2: header only, never synced
+        vol = open_volume(d, io=fs)
+        w.append((vol.write(4096, b"3" * 4096), 4096, b"3" * 4096))
+        vol.flush()  # acknowledged
+        fs.crash(random.Random(0), mode="drop")
+        abandon(vol, fs)
+        return _open_after_power_loss(d, w)
+
+
+def failed_open_leaks_threads(root: str) -> str | None:
+    """An open that raises must leave nothing running.
+
+    ``ProtectedVolume._init`` starts the map engine's thread (and the
+    journal's writer and syncer) before ``_recover``; when recovery fails (here
+    the resync marker's fdatasync after an unclean stop), ``open`` raises and
+    nobody stops them: the map engine keeps its catalog connection and keeps
+    closing maps into the catalog, beside the next open's own map engine
+    (seen in the crash-state runs as ``UNIQUE constraint failed:
+    delta_map.level, delta_map.idx``).
+    """
+    with scratch_dir(root, "bug-open") as d:
+        fs = FaultFS()
+        vol = create(d, SIZE, io=fs)
+        vol.write(0, b"1" * 4096)
+        vol.flush()
+        fs.kill()
+        abandon(vol, fs)
+        fs.restart()
+        fs.fail_on("fdatasync", "*.seg", nth=1, times=1 << 30)
+        before = set(threading.enumerate())
+        leaked = []
+        try:
+            open_volume(d, io=fs)
+        except (CdpError, OSError):
+            pass
+        else:
+            raise ReproducerBroken("the open did not fail")
+        finally:
+            time.sleep(0.05)
+            leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+            fs.kill()  # stop them, so the test run goes on cleanly
+            for t in leaked:
+                t.join(0.5)
+            fs.close_stale()
+        if leaked:
+            return "a failed open left threads running: " + ", ".join(t.name for t in leaked)
+        return None
+
+
+def primary_fsync_error_retried(root: str) -> str | None:
+    """A failed fdatasync of the primary must not be followed by a successful ack.
+
+    Like the journal before PostgreSQL's fsyncgate fix: after a failed
+    fdatasync the kernel may have dropped the dirty pages (marked clean), so
+    the next fdatasync succeeds without writing them.  ``_sync`` raises
+    PrimaryIOError once, and the next ``flush()`` returns: the write is
+    acknowledged although the primary never got it.  The power loss then
+    loses it from the live volume, and the resync after the unclean stop
+    copies the primary (without it) into the present image as well.
+    """
+    with scratch_dir(root, "bug-pfsync") as d:
+        fs = FaultFS()
+        vol = create(d, SIZE, io=fs)
+        vol.write(0, b"1" * 4096)
+        vol.flush()
+        fs.fail_on("fdatasync", "primary.img", nth=1, err=errno.EIO, lose=True)
+        vol.write(4096, b"2" * 4096)
+        try:
+            vol.flush()
+            raise ReproducerBroken("the first flush did not fail")
+        except OSError:
+            pass
+        try:
+            vol.flush()
+        except (CdpError, OSError):
+            fs.kill()
+            abandon(vol, fs)
+            return None  # fail-stop: nothing acknowledged
+        fs.crash(random.Random(0), mode="keep")
+        abandon(vol, fs)
+        with open(paths(d)["primary"], "rb") as f:
+            f.seek(4096)
+            if f.read(4096) != b"2" * 4096:
+                return "flush() acknowledged a write the primary lost to a failed fdatasync"
+        return None
+
+
+def journal_eio_then_restart(root: str) -> str | None:
+    """EIO on the journal's fdatasync, restart without a reboot, ack, power loss: must open.
+
+    After the failed fdatasync the failed group's bytes are still readable
+    (page cache) but will never reach the disk (the kernel marked them clean).
+    The reopen replays them as if durable (the journal docstring promises
+    "Reopening the volume replays up to the last durable group"), maps them,
+    and the next flush() acknowledges them; the power loss removes them.  An
+    fdatasync at recovery would not help here: the pages are clean.
+    """
+    with scratch_dir(root, "bug-eio") as d:
+        fs = FaultFS()
+        vol = create(d, SIZE, io=fs)
+        w = [(vol.write(0, b"1" * 4096), 0, b"1" * 4096)]
+        vol.flush()
+        fs.fail_on("fdatasync", "*.seg", nth=1, lose=True)
+        s2 = vol.write(4096, b"2" * 4096)
+        try:
+            vol.flush()
+        except (CdpError, OSError):
+            pass
+        fs.kill()
+        abandon(vol, fs)
+        fs.restart()
+        fs.clear_rules()
+        vol = open_tracked(d, io=fs)
+        settle(vol)
+        if vol.image().read(4096, 4096) == b"2" * 4096:
+            replayed = "the failed group was replayed"
+        else:
+            replayed = ""
+        if replayed:
+            w.append((s2, 4096, b"2" * 4096))
+        w.append((vol.write(8192, b"3" * 4096), 8192, b"3" * 4096))
+        vol.flush()  # acknowledges everything the reopened journal holds
+        fs.crash(random.Random(0), mode="drop")
+        abandon(vol, fs)
+        got = _open_after_power_loss(d, w)
+        return f"{replayed}; {got}" if got else None
+
+
+def pooled_segment_reused_then_power_loss(root: str) -> str | None:
+    """Retention pools a reclaimed segment; an open reuses it; power loss: must open.
+
+    ``_open_segment`` renames a pooled file to the new segment's name, writes
+    the new header over the old one and fsyncs the folder, but does not
+    fdatasync the header.  The power loss keeps the rename and drops the
+    header write: the file still carries the old, valid header of another
+    segment number, and ``scan`` refuses it ("segment file N says it is
+    segment M") although it is the last segment and held nothing
+    acknowledged.  The same happens on a rollover into a pooled file.
+    """
+    size, chunk = 1 << 20, 256 << 10
+    with scratch_dir(root, "bug-pool") as d:
+        fs = FaultFS()
+        vol = create(d, size, io=fs, map_seconds=3600)
+        vol.segment_pool = 4
+        ends, rng = [], random.Random(4)
+        for _ in range(6):
+            for off in range(0, size, chunk):
+                vol.write(off, rng.randbytes(chunk))
+            vol.flush()
+            vol.close_map()
+            ends.append(vol._maps.level0[-1].last_time_ns)
+        vol.set_retention("all:1h")
+        vol.apply_retention(now=ends[3] / 1e9 + 3600 - 1e-4).wait(30)
+        if not os.listdir(os.path.join(paths(d)["journal"], "free")):
+            raise ReproducerBroken("nothing was pooled")
+        last = vol.last_seq
+        want = vol.read(0, size)
+        vol.close()  # clean: everything acknowledged
+        vol = open_volume(d, io=fs)  # its new segment is a pooled file
+        fs.crash(random.Random(0), mode="drop")
+        abandon(vol, fs)
+        try:
+            vol = open_tracked(d)
+        except CdpError as exc:
+            return f"open after the power loss refused: {exc}"
+        try:
+            settle(vol)
+            if vol.image(seq=last).read(0, size) != want:
+                return "acknowledged writes lost"
+        finally:
+            vol.close()
+        return None
+
+
+def clean_flag_outlives_power_loss(root: str) -> str | None:
+    """Clean close, open, a write (never acknowledged), power loss: the stop is unclean.
+
+    The open clears ``clean_close_seq`` with a catalog write, and the catalog
+    runs ``synchronous=NORMAL``: SQLite may lose that transaction on power
+    loss (modelled by putting back the catalog as it was at the clean close).
+    The next open then takes the stop for a clean one: the sequence number
+    of the lost write is handed out again (docs/FORMAT.md promises it never
+    is), and no resync runs, although the write reached the primary and the
+    DRL marked it.
+    """
+    with scratch_dir(root, "bug-clean") as d, _no_timer_sync():
+        fs = FaultFS()
+        vol = create(d, SIZE, io=fs)
+        vol.write(0, b"1" * 4096)
+        vol.close()
+        cat = paths(d)["catalog"]
+        saved = {}
+        for sfx in ("", "-wal", "-shm"):
+            if os.path.exists(cat + sfx):
+                with open(cat + sfx, "rb") as f:
+                    saved[sfx] = f.read()
+        vol = open_volume(d, io=fs)
+        lost = vol.write(4096, b"2" * 4096)  # handed out, never acknowledged
+        fs.crash(random.Random(0), mode="drop", modes={"primary.img": "keep"})
+        abandon(vol, fs)
+        for sfx in ("", "-wal", "-shm"):  # SQLite lost its unsynced WAL frames
+            if os.path.exists(cat + sfx):
+                os.unlink(cat + sfx)
+            if sfx in saved:
+                with open(cat + sfx, "wb") as f:
+                    f.write(saved[sfx])
+        vol = open_tracked(d)
+        try:
+            settle(vol)
+            again = vol.write(8192, b"3" * 4096)
+            vol.flush()
+            problems = []
+            if again <= lost:
+                problems.append(f"seq {lost} of a lost write handed out again ({again})")
+            if vol.image().read(4096, 4096) != vol.read(4096, 4096):
+                problems.append("no resync: the primary holds a write the journal lacks")
+            return "; ".join(problems) or None
+        finally:
+            vol.close()
+
+
+def journal_failure_during_rollover(root: str) -> str | None:
+    """The syncer's fdatasync fails while the writer rolls over: the journal must stay openable.
+
+    The writer fdatasyncs the full segment before it begins the next one.  If
+    the syncer's fdatasync of that segment has just failed (fail-stop: the
+    unsynced records are lost), the writer's own fdatasync "succeeds" (the
+    error was reported once: fsyncgate), and it begins the next segment with
+    ``prev_last_seq`` = its last record, which never became durable.  After a
+    power loss the scan finds the segment shorter than the next one claims
+    and refuses the whole journal, acknowledged records included.  The test
+    holds the writer at its fdatasync until the syncer's has failed, so the
+    interleaving happens every time.
+    """
+    with _no_timer_sync():
+        return _journal_failure_during_rollover(root)
+
+
+def _journal_failure_during_rollover(root: str) -> str | None:
+    with scratch_dir(root, "bug-roll") as d:
+        fs = FaultFS()
+        j = Journal(fs, os.path.join(d, "journal"), uuidlib.uuid4(), 1 << 20)
+        j.start(0, 0, clean=True)
+        acked = [j.append(R.WRITE, 0, 65536, b"a" * 65536).seq for _ in range(4)][-1]
+        j.sync()
+        writer_held, syncer_failed = threading.Event(), threading.Event()
+
+        def hold_writer(path):
+            if threading.current_thread().name == "cdp-journal-writer":
+                writer_held.set()
+                syncer_failed.wait(5)
+
+        fs.before("fdatasync", "*.seg", hold_writer)
+        fs.fail_on("fdatasync", "*.seg", thread="cdp-journal-syncer", lose=True)
+        per_segment = ((1 << 20) - R.SEGMENT_HEADER_SIZE) // (R.RECORD_HEADER_SIZE + 65536)
+        for _ in range(per_segment - 4):  # fill segment 1 ...
+            seq = j.append(R.WRITE, 0, 65536, b"b" * 65536).seq
+        deadline = time.monotonic() + 5
+        while j._written_seq < seq and time.monotonic() < deadline:  # ... in the page cache
+            time.sleep(0.001)
+        j.append(R.WRITE, 0, 65536, b"c" * 65536)  # a new batch: the writer rolls over
+        if not writer_held.wait(5):
+            raise ReproducerBroken("the writer never reached its rollover fdatasync")
+        j.request_sync(seq)  # the syncer's fdatasync of segment 1 fails
+        deadline = time.monotonic() + 5
+        while j.failed is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        syncer_failed.set()
+        j.close()
+        # The kernel writes back what it still holds (segment 2's header); the
+        # pages of the failed fdatasync are gone.
+        fs.crash(random.Random(0), mode="keep")
+        fs.close_stale()
+        if len(list_segments(j.folder)) < 2:
+            raise ReproducerBroken("the writer never began the next segment")
+        try:
+            end = Journal(OsFileIO(), j.folder, j.uuid, 1 << 20).scan().last_seq
+        except CdpError as exc:
+            return f"after the power loss the journal is refused: {exc}"
+        return None if end >= acked else f"acknowledged seq {acked} lost (end {end})"
+
+
+# Bugs whose symptoms the seeded crash-state runs meet (crashsim.known_bug).
+CRASH_STATE_BUGS = {
+    "unsynced-tail-after-kill": unsynced_tail_after_kill,
+    "segment-header-never-synced": segment_header_never_synced,
+}
+
+
+def still_present(name: str, root: str) -> bool:
+    """Does the bug still reproduce?  A reproducer that breaks says no (tolerate nothing)."""
+    try:
+        return CRASH_STATE_BUGS[name](root) is not None
+    except Exception:
+        return False

@@ -1,0 +1,137 @@
+"""Seeded crash states: random workload on a FaultFS volume, power loss, recovery, checks.
+
+See crashsim.py for the workload, the model and every check.  ``CDP_CRASH_SEEDS``
+(default 2000) seeds run in ``BATCHES`` test functions; ``CDP_SOAK=1`` adds the
+soak version (``CDP_SOAK_SEEDS``, default 20,000).  A failing seed prints its
+report; rerun one with ``python -c "from tests.durability.crashsim import
+run_seed; print(run_seed(SEED, '/dev/shm').report)"`` (thread timing varies, so
+a seed usually, not always, takes the same path).
+
+Seeds whose failure a known engine bug explains (bugs.py, symptom *and* cause
+in the history) are counted and reported as a warning while that bug's
+reproducer still fails; kill -9 ops are left out while
+``unsynced-tail-after-kill`` is present, since nearly every run with one hits
+it.  Once fixed, both tolerances switch off by themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import Counter
+
+import pytest
+
+from . import bugs
+from .crashsim import DEFAULT_WEIGHTS, OPS, run_seed
+
+SEEDS = int(os.environ.get("CDP_CRASH_SEEDS", "2000"))
+SOAK_SEEDS = int(os.environ.get("CDP_SOAK_SEEDS", "20000"))
+BATCHES = 20
+SOAK_BATCHES = 100
+
+
+class KnownBugWarning(UserWarning):
+    pass
+
+
+@pytest.fixture(scope="module")
+def tolerated(root) -> frozenset[str]:
+    """The known crash-state bugs that still reproduce."""
+    return frozenset(n for n in bugs.CRASH_STATE_BUGS if bugs.still_present(n, root))
+
+
+def weights_for(tolerated) -> tuple[int, ...]:
+    if "unsynced-tail-after-kill" not in tolerated:
+        return DEFAULT_WEIGHTS
+    return tuple(0 if op == "kill" else w for op, w in zip(OPS, DEFAULT_WEIGHTS, strict=True))
+
+
+def run_batch(seeds, root: str, tolerated) -> None:
+    weights = weights_for(tolerated)
+    failures, known = [], Counter()
+    for seed in seeds:
+        out = run_seed(seed, root, weights)
+        if out.report is None:
+            continue
+        if out.known in tolerated:
+            known[out.known] += 1
+        else:
+            failures.append(out.report)
+    if known:
+        warnings.warn(
+            KnownBugWarning(
+                f"seeds {seeds.start}.. (step {seeds.step}): "
+                + ", ".join(f"{n} hit by {c}" for n, c in sorted(known.items()))
+                + " (tolerated while its reproducer in bugs.py still fails)"
+            ),
+            stacklevel=2,
+        )
+    if failures:
+        pytest.fail(
+            f"{len(failures)} of {len(seeds)} seeds failed; first ones:\n\n"
+            + "\n\n".join(failures[:3]),
+            pytrace=False,
+        )
+
+
+@pytest.mark.parametrize("batch", range(BATCHES))
+def test_crash_states(batch, root, tolerated):
+    run_batch(range(batch, SEEDS, BATCHES), root, tolerated)
+
+
+@pytest.mark.soak
+@pytest.mark.skipif(os.environ.get("CDP_SOAK") != "1", reason="CDP_SOAK=1 runs the soak")
+@pytest.mark.parametrize("batch", range(SOAK_BATCHES))
+def test_crash_states_soak(batch, root, tolerated):
+    run_batch(range(batch, SOAK_SEEDS, SOAK_BATCHES), root, tolerated)
+
+
+@pytest.mark.known_bug
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG: recovery after kill -9 replays and acknowledges journal records "
+    "that were never fdatasynced (journal.py Journal.start / volume.py _open_catalog)",
+)
+def test_bug_unsynced_tail_after_kill(root):
+    problem = bugs.unsynced_tail_after_kill(root)
+    assert problem is None, problem
+
+
+@pytest.mark.known_bug
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG: a segment begun by an open that gets no record is never fdatasynced; "
+    "after a power loss its empty header makes the journal 'corrupt' (journal.py _open_segment)",
+)
+def test_bug_segment_header_never_synced(root):
+    problem = bugs.segment_header_never_synced(root)
+    assert problem is None, problem
+
+
+@pytest.mark.known_bug
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG: a segment reused from the retention pool keeps its old valid header until "
+    "the first fdatasync; a power loss before it makes the journal 'corrupt' "
+    "(journal.py _open_segment, scan's segno check)",
+)
+def test_bug_pooled_segment_reused_then_power_loss(root):
+    problem = bugs.pooled_segment_reused_then_power_loss(root)
+    assert problem is None, problem
+
+
+@pytest.mark.known_bug
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG: the clean-close flag is cleared by a catalog write that synchronous=NORMAL "
+    "may lose on power loss; the next open takes the crash for a clean stop (volume.py "
+    "_open_catalog clean_close_seq)",
+)
+def test_bug_clean_flag_outlives_power_loss(root):
+    problem = bugs.clean_flag_outlives_power_loss(root)
+    assert problem is None, problem
