@@ -130,6 +130,11 @@ class Catalog:
         with self._lock:
             self.conn.close()
 
+    def quick_check(self) -> str:
+        with self._lock:
+            rows = self.conn.execute("PRAGMA quick_check").fetchall()
+        return "ok" if rows == [("ok",)] else "; ".join(r[0] for r in rows[:3])
+
     def integrity_check(self) -> str:
         with self._lock:
             return self.conn.execute("PRAGMA integrity_check").fetchone()[0]

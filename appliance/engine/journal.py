@@ -164,6 +164,7 @@ class Journal:
         self._threads: list[threading.Thread] = []
         self._old_fds: list[int] = []
         self._lost: list[Rec] = []
+        self.durable_end = 0  # journal address just past the last durable record
         self._wfd: int | None = None
         self._wsegno = 0
         self._inflight: list[Rec] = []
@@ -300,6 +301,7 @@ class Journal:
         self._segno = (segnos[-1] + 1) if segnos else 1
         self._pos = R.SEGMENT_HEADER_SIZE
         self._segment_prev[self._segno] = last_seq if durable_floor is None else durable_floor
+        self.durable_end = 0
         self._last_seq = last_seq
         self._next_seq = last_seq + 1 + (0 if clean or last_seq == 0 else SEQ_GAP)
         self._last_time = last_time_ns
@@ -311,6 +313,39 @@ class Journal:
         ]
         for t in self._threads:
             t.start()
+
+    def make_durable(self, from_addr: int) -> None:
+        """fdatasync every segment from ``from_addr``'s on: records a scan found in
+        the page cache after a kill are durable before anything relies on them
+        (regression: unsynced_tail_after_kill)."""
+        for segno in list_segments(self.folder):
+            if segno >= from_addr >> 32:
+                fd = self.io.open(segment_path(self.folder, segno), os.O_RDWR)
+                try:
+                    self.io.fdatasync(fd)
+                finally:
+                    self.io.close(fd)
+        self.io.fsync_dir(self.folder)
+
+    def cut_after(self, end_addr: int) -> None:
+        """Drop everything past ``end_addr`` (records never known durable).
+
+        After a failed sync the page cache may still show records the disk
+        never got; they must not be replayed (regression: journal_eio_then_restart).
+        """
+        keep = end_addr >> 32
+        for segno in list_segments(self.folder):
+            path = segment_path(self.folder, segno)
+            if segno > keep:
+                os.unlink(path)
+            elif segno == keep:
+                fd = self.io.open(path, os.O_RDWR)
+                try:
+                    self.io.truncate(fd, max(end_addr & 0xFFFFFFFF, R.SEGMENT_HEADER_SIZE))
+                    self.io.fdatasync(fd)
+                finally:
+                    self.io.close(fd)
+        self.io.fsync_dir(self.folder)
 
     @property
     def last_seq(self) -> int:
@@ -435,17 +470,26 @@ class Journal:
         path = segment_path(self.folder, segno)
         pool = os.path.join(self.folder, "free")
         reuse = sorted(os.listdir(pool)) if os.path.isdir(pool) else []
-        if reuse:
-            # [0042]: a reclaimed segment's blocks are reused.  Its old records
-            # carry their old segment number, so a scan never takes them.
-            os.replace(os.path.join(pool, reuse[0]), path)
-            fd = self.io.open(path, os.O_RDWR, 0o600)
-        else:
-            fd = self.io.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         header = R.pack_segment_header(
             self.uuid, segno, self._segment_prev.pop(segno), time.time_ns()
         )
-        self.io.pwrite_all(fd, header, 0)
+        if reuse:
+            # [0042]: a reclaimed segment's blocks are reused.  The new header is
+            # written and made durable *before* the file takes its new name, so a
+            # crash never leaves a segment whose header names another (regression:
+            # pooled_segment_reused_then_power_loss).  Its old records carry their
+            # old segment number, so a scan never takes them.
+            pooled = os.path.join(pool, reuse[0])
+            fd = self.io.open(pooled, os.O_RDWR, 0o600)
+            self.io.pwrite_all(fd, header, 0)
+            self.io.fdatasync(fd)
+            os.replace(pooled, path)
+        else:
+            fd = self.io.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            self.io.pwrite_all(fd, header, 0)
+            # The header is durable before the segment is used, even if no record
+            # ever follows (regression: segment_header_never_synced).
+            self.io.fdatasync(fd)
         self.io.fsync_dir(self.folder)
         with self._cond:
             if self._wfd is not None:
@@ -536,6 +580,8 @@ class Journal:
             if self.on_durable and recs:
                 self.on_durable(recs)
             with self._cond:
+                if recs:
+                    self.durable_end = recs[-1].end_addr
                 self._durable_seq = target
                 self._unsynced -= len(recs)
                 self._cond.notify_all()
@@ -548,6 +594,10 @@ class Journal:
             segno = batch[i][0].addr >> 32
             if segno != self._wsegno:
                 self.io.fdatasync(self._wfd)  # the old segment is complete and durable
+                if self._failed is not None:
+                    # The syncer failed meanwhile: this "successful" sync proves
+                    # nothing (regression: journal_failure_during_rollover).
+                    raise self._failed
                 self._open_segment(segno)
             bufs = []
             start = batch[i][0].addr & 0xFFFFFFFF

@@ -118,7 +118,8 @@ class Protection:
             self._resync_after_restore = bool(
                 resume or self._drl.out_of_sync or (not clean and dirty) or not self._drl.trusted
             )
-            self._restore_job = Job("restore", self.size, restore).start()
+            self._restore_job = Job("restore", self.size, restore)
+            self._restore_job.start()  # assigned before it runs
         elif self._maps.baseline_done_seq is None:
             if not clean and dirty:
                 # Regions the crash may have left unjournaled are copied again.
@@ -127,7 +128,12 @@ class Protection:
             self._start_baseline(inline=fresh_primary)
         elif resume:
             self._start_procedure(resume[0])
-        elif self._drl.out_of_sync or (not clean and dirty) or not self._drl.trusted:
+        elif (
+            self._drl.out_of_sync
+            or (not clean and dirty)
+            or not self._drl.trusted
+            or self._oos_at_open
+        ):
             self._begin_resync(
                 "recovery after an unclean stop"
                 if not clean
@@ -161,6 +167,13 @@ class Protection:
             self._oos_reason = str(exc)
             durable = self._journal.durable_seq
             self._maps.suspect_from = durable + 1
+            try:  # a restart must not trust anything the journal held past this
+                self._write_state_file(
+                    "journal-failed.json",
+                    {"durable_seq": durable, "durable_end": self._journal.durable_end},
+                )
+            except OSError as ferr:
+                log.error("state.write_failed", error=str(ferr))
             try:
                 self._drl.set_out_of_sync(True)
             except OSError as derr:  # the DRL is on the state disk, not the secondary
@@ -190,6 +203,10 @@ class Protection:
             else:
                 start, pseq, ptime = 0, 0, 0
             try:
+                # Records past the last durable one may be page-cache ghosts of a
+                # failed sync: cut them off (regression: journal_eio_then_restart).
+                if old.durable_end:
+                    new.cut_after(old.durable_end)
                 scan = new.scan(start, pseq, ptime)
                 if scan.torn_segment is not None:
                     os.unlink(segment_path(new.folder, scan.torn_segment))
@@ -206,7 +223,7 @@ class Protection:
                 except OSError:
                     pass
                 return False
-            maps.add(scan.records)
+            maps.add([r for r in scan.records if r.seq > pseq and r.seq <= old.durable_seq])
             new.on_durable = self._on_durable
             for r in old.undelivered():
                 if r.kind in R.DATA_KINDS and _pins_drl(r.flags):
@@ -223,6 +240,7 @@ class Protection:
         except JournalFailed as exc:
             self._go_out_of_sync(exc)
             return False
+        self._remove_state_file("journal-failed.json")
         log.info("secondary.back", seq=marker.seq)
         self._start_procedure("resync", targets=self._drl.dirty(), oos_seq=marker.seq)
         return True
@@ -232,6 +250,7 @@ class Protection:
         self._journal.sync(marker.seq)
         self._drl.set_out_of_sync(True)
         self._maps.suspect_from = marker.seq
+        self._remove_state_file("journal-failed.json")
         log.warning("volume.resync", reason=why, dirty_regions=self._drl.dirty_count())
         return self._start_procedure(
             "resync", targets=self._drl.dirty(), oos_seq=marker.seq, _after=_after
@@ -319,7 +338,8 @@ class Protection:
                 roll_forward_from=t1 if target != t1 else None,
                 marker_seq=self._restore.params["marker_seq"],
             )
-            self._restore_job = Job("restore", self.size, self._restore).start()
+            self._restore_job = Job("restore", self.size, self._restore)
+            self._restore_job.start()  # assigned before it runs
             return self._restore_job
 
     # ------------------------------------------------------------ retention
@@ -353,7 +373,9 @@ class Protection:
             def work(job):
                 return self._apply_retention(pol, now_ns, emergency)
 
-            self._retention_job = Job("retention", 1, work).start()
+            self._retention_job = Job("retention", 1, work)
+
+            self._retention_job.start()  # assigned before it runs
             return self._retention_job
 
     def _apply_retention(self, policy, now_ns, emergency: bool) -> dict:
@@ -459,7 +481,8 @@ class Protection:
             proc = Procedure(self, kind, **kw)
             if proc.st.get("oos_seq") is not None:
                 self._maps.suspect_from = proc.st["oos_seq"]
-            self._proc_job = Job(kind, proc.total, proc).start()
+            self._proc_job = Job(kind, proc.total, proc)
+            self._proc_job.start()  # assigned before it runs
             return self._proc_job
 
     def _close_map_now(self) -> tuple[int, int]:

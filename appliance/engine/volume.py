@@ -24,6 +24,7 @@ import errno
 import json
 import os
 import re
+import sqlite3
 import threading
 import time
 import uuid as uuidlib
@@ -61,6 +62,8 @@ log = structlog.get_logger("cdp.volume")
 VOLUME_FILE = "volume.json"
 CATALOG_FILE = "catalog.sqlite"
 DRL_FILE = "drl.bin"
+CLEAN_FILE = "clean.json"  # written at a clean close, removed at open
+FAILED_FILE = "journal-failed.json"  # the durable end when the journal failed
 SCRATCH_DIR = "scratch"
 JOURNAL_DIR = "journal"
 DEFAULT_SEGMENT_SIZE = 256 << 20
@@ -237,23 +240,59 @@ class ProtectedVolume(Protection):
             raise VolumeNotFound(f"secondary journal folder {jdir} is missing")
         self.segment_size = segment_size
         self._journal = Journal(io, jdir, self.uuid, segment_size)
+        self._oos_at_open = False
+        self._primary_failed = None
         try:
             self._drl = DirtyRegionLog(
                 io, os.path.join(state_dir, DRL_FILE), self.uuid, self.size, self.region_size
             )
             clean = self._open_catalog(map_records, map_seconds)
         except BaseException:
+            for stop in (
+                self._journal.close,
+                lambda: self._drl.close(),
+                lambda: self._catalog.close(),
+            ):
+                try:
+                    stop()
+                except Exception:
+                    pass
             io.close(self._pfd)
             raise
         self._journal.on_durable = self._on_durable
-        self._maps.start()
-        self._recover(clean, fresh_primary)
+        try:
+            self._maps.start()
+            self._recover(clean, fresh_primary)
+        except BaseException:
+            # Leave nothing running behind a failed open (regression:
+            # failed_open_leaks_threads).
+            self._closed = True
+            self._bg_stop.set()
+            for stop in (
+                self._journal.close,
+                lambda: self._maps.stop(close_tail=False),
+                self._drl.close,
+                self._catalog.close,
+                lambda: io.close(self._pfd),
+            ):
+                try:
+                    stop()
+                except Exception:
+                    pass
+            raise
 
     def _open_catalog(self, map_records: int, map_seconds: float) -> None:
         cpath = os.path.join(self.state_dir, CATALOG_FILE)
+        unclean = self._read_state_file(CLEAN_FILE) is None
         for attempt in (1, 2):
             try:
                 self._catalog = Catalog(cpath)
+                if unclean and attempt == 1:
+                    # After an unclean stop, check the catalog's pages before use
+                    # (regression: damaged_catalog_page_is_rebuilt).
+                    verdict = self._catalog.quick_check()
+                    if verdict != "ok":
+                        raise CatalogError(f"{cpath}: {verdict}")
                 self._catalog.ensure_volume(str(self.uuid), self.size, self.block_size)
                 self._maps = MapEngine(
                     self._catalog, self._journal, map_records=map_records, map_seconds=map_seconds
@@ -282,11 +321,26 @@ class ProtectedVolume(Protection):
                 break
             except CatalogVersionError:
                 raise
-            except CatalogError as exc:
+            except (CatalogError, sqlite3.DatabaseError) as exc:
+                # (regression: damaged_catalog_page_is_rebuilt)
                 if attempt == 2:
                     raise
                 self._set_catalog_aside(cpath, exc)
+        failed = self._read_state_file(FAILED_FILE)
         scan = self._journal.scan(start, prev_seq, prev_time)
+        if failed is not None and scan.last_seq > failed["durable_seq"]:
+            # The journal failed a sync earlier: only what was durable then counts.
+            keep = [r for r in scan.records if r.seq <= failed["durable_seq"]]
+            cut = keep[-1].end_addr if keep else max(start, failed["durable_end"])
+            log.warning(
+                "journal.untrusted_tail",
+                durable_seq=failed["durable_seq"],
+                dropped=len(scan.records) - len(keep),
+            )
+            self._journal.cut_after(cut)
+            scan = self._journal.scan(start, prev_seq, prev_time)
+        elif scan.records:
+            self._journal.make_durable(start)
         log.info(
             "journal.recovered",
             records=len(scan.records),
@@ -296,10 +350,40 @@ class ProtectedVolume(Protection):
         if scan.torn_segment is not None:
             os.unlink(segment_path(self._journal.folder, scan.torn_segment))
         self._maps.replay(scan.records)
-        clean = self._catalog.get_meta("clean_close_seq") == str(scan.last_seq)
-        self._catalog.set_meta("clean_close_seq", "")
-        self._journal.start(scan.last_seq, scan.last_time_ns, clean=clean)
+        # The clean-close mark is a durable file, removed durably before this open
+        # appends anything (regression: clean_flag_outlives_power_loss).
+        mark = self._read_state_file(CLEAN_FILE)
+        clean = mark is not None and mark.get("last_seq") == scan.last_seq and failed is None
+        if mark is not None:
+            self._remove_state_file(CLEAN_FILE)
+        self._journal.start(
+            scan.last_seq,
+            scan.last_time_ns,
+            clean=clean,
+            durable_floor=failed["durable_seq"] if failed else None,
+        )
+        if failed is not None:
+            self._oos_at_open = True
         return clean
+
+    def _read_state_file(self, name: str) -> dict | None:
+        try:
+            with open(os.path.join(self.state_dir, name), "rb") as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}
+
+    def _write_state_file(self, name: str, value: dict) -> None:
+        write_file_atomic(self._io, os.path.join(self.state_dir, name), json.dumps(value).encode())
+
+    def _remove_state_file(self, name: str) -> None:
+        try:
+            os.unlink(os.path.join(self.state_dir, name))
+        except FileNotFoundError:
+            return
+        self._io.fsync_dir(self.state_dir)
 
     def _check_cursor(self, last) -> None:
         """The catalog's last map must end where the journal says it does."""
@@ -367,6 +451,8 @@ class ProtectedVolume(Protection):
 
     def _host_write(self, pieces, crcs, kind: int, fua: bool) -> int | None:
         """W2-W4 of the module docstring, with the DRL marked first ([0049])."""
+        if self._primary_failed is not None:
+            raise self._primary_failed
         pinned = not self._oos
         for off, piece in pieces:
             self._drl.mark(off, len(piece) if kind == R.WRITE else piece, pin=pinned)
@@ -471,6 +557,8 @@ class ProtectedVolume(Protection):
         return self._sync(self._journal.last_seq)
 
     def _sync(self, seq: int | None) -> int | None:
+        if self._primary_failed is not None:
+            raise self._primary_failed
         journal = self._journal
         wait = seq is not None and self.mode == "sync" and not self._oos
         if wait:
@@ -478,7 +566,15 @@ class ProtectedVolume(Protection):
         try:
             self._io.fdatasync(self._pfd)
         except OSError as exc:
-            raise PrimaryIOError(f"fdatasync: {exc}") from exc
+            # Fail-stop: the kernel may have dropped the dirty pages; a later
+            # fdatasync "succeeding" proves nothing (regression:
+            # primary_fsync_error_retried).  Reopen the volume to go on.
+            self._primary_failed = PrimaryIOError(
+                f"fdatasync of the primary failed ({exc}); writes since the last good "
+                "flush may be lost: reopen the volume"
+            )
+            log.error("primary.failed", error=str(exc))
+            raise self._primary_failed from exc
         if wait:
             try:
                 journal.sync(seq)
@@ -636,10 +732,10 @@ class ProtectedVolume(Protection):
             self._journal.close()
             self._maps.stop(close_tail=not failed)
             self._io.fdatasync(self._pfd)
-            if not failed and self._maps.error is None:
+            if not failed and self._maps.error is None and self._primary_failed is None:
                 if self._drl.trusted:
                     self._drl.reset()
-                self._catalog.set_meta("clean_close_seq", str(self._journal.last_seq))
+                self._write_state_file(CLEAN_FILE, {"last_seq": self._journal.last_seq})
         finally:
             if self._restore is not None:
                 self._restore.done.close()

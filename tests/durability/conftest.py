@@ -8,7 +8,7 @@ from .helpers import scratch_root
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        "known_bug: strict-xfail reproducer of an engine bug (tests/durability/bugs.py); "
+        "known_bug: regression test of an engine bug found here (tests/durability/bugs.py); "
         "XPASS means fixed: remove the mark",
     )
 

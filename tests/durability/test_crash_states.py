@@ -88,50 +88,24 @@ def test_crash_states_soak(batch, root, tolerated):
 
 
 @pytest.mark.known_bug
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: recovery after kill -9 replays and acknowledges journal records "
-    "that were never fdatasynced (journal.py Journal.start / volume.py _open_catalog)",
-)
 def test_bug_unsynced_tail_after_kill(root):
     problem = bugs.unsynced_tail_after_kill(root)
     assert problem is None, problem
 
 
 @pytest.mark.known_bug
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: a segment begun by an open that gets no record is never fdatasynced; "
-    "after a power loss its empty header makes the journal 'corrupt' (journal.py _open_segment)",
-)
 def test_bug_segment_header_never_synced(root):
     problem = bugs.segment_header_never_synced(root)
     assert problem is None, problem
 
 
 @pytest.mark.known_bug
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: a segment reused from the retention pool keeps its old valid header until "
-    "the first fdatasync; a power loss before it makes the journal 'corrupt' "
-    "(journal.py _open_segment, scan's segno check)",
-)
 def test_bug_pooled_segment_reused_then_power_loss(root):
     problem = bugs.pooled_segment_reused_then_power_loss(root)
     assert problem is None, problem
 
 
 @pytest.mark.known_bug
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: the clean-close flag is cleared by a catalog write that synchronous=NORMAL "
-    "may lose on power loss; the next open takes the crash for a clean stop (volume.py "
-    "_open_catalog clean_close_seq)",
-)
 def test_bug_clean_flag_outlives_power_loss(root):
     problem = bugs.clean_flag_outlives_power_loss(root)
     assert problem is None, problem
