@@ -191,6 +191,7 @@ EOF
 
 # LIO state directories (persistent reservations and ALUA need the last two).
 install -d "$ROOT/etc/target" "$ROOT/etc/rtslib-fb-target" \
+    "$ROOT/etc/rtslib-fb-target/pr" "$ROOT/etc/rtslib-fb-target/alua" \
     "$ROOT/var/target/pr" "$ROOT/var/target/alua"
 
 # Modules the tests and the appliance need, loaded early (harmless if unused).

@@ -410,6 +410,10 @@ class ProtectedVolume(Protection):
     def last_seq(self) -> int:
         return self._journal.last_seq
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _check_open(self) -> None:
         if self._closed:
             raise VolumeClosed(str(self.uuid))

@@ -139,10 +139,14 @@ def compare_and_write(dev: ScsiDevice, cdb: bytes, data: DataOut) -> ScsiResult:
     if blocks > dev.limits.max_compare_and_write:
         raise invalid_field_in_cdb(13)
     check_range(lba, blocks, dev.capacity())
-    if blocks == 0:
-        return GOOD
     bs = dev.block_size
     length = blocks * bs
+    if len(data) > 2 * length:
+        # The initiator sent another amount than the CDB names (e.g. 256 blocks,
+        # whose count wrapped to 0 in the one-byte field): refuse, touch nothing.
+        raise invalid_field_in_cdb(13)
+    if blocks == 0:
+        return GOOD
     payload = data_out(data, 2 * length)
     verify_data, write_data = bytes(payload[:length]), bytes(payload[length:])
     diff = dev.backend.compare_and_write(

@@ -143,3 +143,11 @@ def test_orwrite_gives_busy_when_it_keeps_losing_the_race(dev, backend):
     assert res.status == 0x08 and res.sense == b""
     assert len(calls) == 8
     backend.compare_and_write = real
+
+
+def test_caw_with_more_data_than_the_cdb_names_is_refused(dev, backend):
+    """libiscsi sends 256 blocks: the one-byte count wraps to 0 (regression from the VM run)."""
+    before = backend.snapshot()
+    illegal(dev.execute(caw(0, 0), bytes(2 * BS)), 0x24, field=13)
+    illegal(dev.execute(caw(0, 1), bytes(4 * BS)), 0x24, field=13)
+    assert backend.snapshot() == before and backend.ops == []

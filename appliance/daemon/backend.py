@@ -1,0 +1,118 @@
+"""A protected volume as the SCSI layer's :class:`~appliance.scsi.BlockBackend`.
+
+The adapter adds no I/O of its own: it forwards each call to the engine and
+translates the engine's typed errors into the SCSI layer's, so that the
+initiator sees sense data that means something:
+
+=====================================  ==========================================
+engine                                 SCSI (see ``appliance/scsi/errors.py``)
+=====================================  ==========================================
+``PrimaryIOError``, ``JournalCorrupt``  ``MediumError`` (MEDIUM ERROR, read/write)
+``OSError`` ENOSPC / EDQUOT             ``SpaceAllocationFailed`` (DATA PROTECT)
+other ``OSError``                       ``MediumError``
+``VolumeClosed``                        ``NotReady`` (LOGICAL UNIT NOT READY)
+engine ``Busy`` (a job holds a lock)    ``BackendBusy`` (status BUSY, retried)
+``InvalidRange`` / ``InvalidArgument``  ``BackendError`` (a bug: the SCSI layer
+                                        checks ranges first) -> HARDWARE ERROR
+any other ``CdpError``                  ``BackendError`` -> HARDWARE ERROR
+=====================================  ==========================================
+
+Cache model: WCE=1 with DPOFUA.  A write's FUA bit arrives as ``fua=True``
+and becomes the engine's ``fua=True`` (durable in primary and journal on
+return); SYNCHRONIZE CACHE is ``flush()``.  ``write_zeros`` is not durable
+until the next flush, as the protocol says.
+"""
+
+from __future__ import annotations
+
+import errno
+from contextlib import contextmanager
+
+import structlog
+
+from appliance.engine import (
+    CdpError,
+    InvalidArgument,
+    JournalCorrupt,
+    PrimaryIOError,
+    ProtectedVolume,
+    VolumeClosed,
+)
+from appliance.engine.protection import Busy
+from appliance.scsi import (
+    BackendBusy,
+    BackendError,
+    MediumError,
+    NotReady,
+    SpaceAllocationFailed,
+)
+
+log = structlog.get_logger("cdp.handler.backend")
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def engine_errors(what: str, offset: int | None = None):
+    """Translate engine errors raised inside the block (see the module table)."""
+    try:
+        yield
+    except BackendError:
+        raise
+    except VolumeClosed as exc:
+        raise NotReady(str(exc)) from exc
+    except Busy as exc:
+        raise BackendBusy(str(exc)) from exc
+    except (PrimaryIOError, JournalCorrupt) as exc:
+        if getattr(exc.__cause__, "errno", None) in _NO_SPACE:
+            raise SpaceAllocationFailed(str(exc)) from exc
+        raise MediumError(f"{what}: {exc}", offset=offset) from exc
+    except InvalidArgument as exc:
+        log.error("backend.refused", what=what, error=str(exc))
+        raise BackendError(f"{what}: {exc}") from exc
+    except CdpError as exc:
+        raise BackendError(f"{what}: {exc}") from exc
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise SpaceAllocationFailed(f"{what}: {exc}") from exc
+        raise MediumError(f"{what}: {exc}", offset=offset) from exc
+
+
+class VolumeBackend:
+    """:class:`~appliance.scsi.BlockBackend` over a :class:`ProtectedVolume`.
+
+    Thread-safe (the engine is); ``compare_and_write`` is atomic against
+    every other write because the engine holds its order lock across it.
+    """
+
+    def __init__(self, volume: ProtectedVolume) -> None:
+        self.volume = volume
+        self.size = volume.size
+        self.block_size = volume.block_size
+
+    def read(self, offset: int, length: int) -> bytes:
+        with engine_errors("read", offset):
+            return self.volume.read(offset, length)
+
+    def write(self, offset: int, data, *, fua: bool = False) -> None:
+        # The engine copies the payload (bytes(data)) before returning, so a
+        # memoryview of the TCMU data area is safe to hand over.
+        with engine_errors("write", offset):
+            self.volume.write(offset, data, fua=fua)
+
+    def write_zeros(self, offset: int, length: int, *, unmap: bool = False) -> None:
+        with engine_errors("write_zeros", offset):
+            self.volume.write_zeros(offset, length)
+
+    def flush(self) -> None:
+        with engine_errors("flush"):
+            self.volume.flush()
+
+    def compare_and_write(self, offset: int, expected, new, *, fua: bool) -> int | None:
+        with engine_errors("compare_and_write", offset):
+            return self.volume.compare_and_write(offset, expected, new, fua=fua)
+
+    def check_ready(self) -> None:
+        """TEST UNIT READY: NOT READY once the volume is closed."""
+        if getattr(self.volume, "closed", False):
+            raise NotReady(f"volume {self.volume.uuid} is closed")

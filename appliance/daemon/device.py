@@ -1,0 +1,330 @@
+"""One TCMU device served: the ring thread, its workers, the SCSI device.
+
+Threads and queues (per device)::
+
+    kernel --(uio event)--> ring thread --(submit)--> worker pool (N threads)
+                                 ^                           |
+                                 +---- completion queue <----+  (+ eventfd wake)
+
+* The **ring thread** (``tcmu-<name>``) owns the :class:`CommandRing`, which is
+  not thread-safe.  It waits in ``poll()`` on the uio fd and a wake eventfd,
+  consumes the uio event *before* reading the ring (no lost wake-up), parses
+  every new entry, hands each command to the pool, takes finished results
+  off the completion queue, stages them (``ring.complete``), and publishes
+  the whole batch with one ``cmd_tail`` store and one kick (``ring.flush``).
+  With ``CAP_OOOC`` a fast command does not wait for a slow one.
+* A **worker** runs ``ScsiDevice.execute(cdb, iovecs)``: data-out is the
+  ring's memoryviews (the engine copies them), data-in is copied straight into
+  the command's iovecs (one copy: engine bytes -> shared pages), then the
+  result goes on the completion queue and the eventfd wakes the ring thread.
+  With ``workers=0`` the ring thread executes commands itself (tests).
+
+Back-pressure, never blocking forever: more than ``max_queued`` commands
+waiting for a worker -> TASK SET FULL at once; a command that waited longer
+than ``queue_timeout`` (keep it below the kernel's ``cmd_time_out``) -> BUSY
+without executing it, so a command the kernel already timed out is never
+applied late (no ghost write).  TMR entries (ABORT TASK, LUN RESET...) are
+logged and mark the commands they name: those not started yet complete
+without being executed; those running complete normally, and the kernel
+discards their status.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from appliance.scsi import ScsiDevice
+from appliance.scsi.constants import Status
+from appliance.tcmu import Command, CommandRing, RingError, TmrNotification
+from appliance.tcmu import layout as L
+
+log = structlog.get_logger("cdp.handler.device")
+
+TMR_NAMES = {
+    L.TMR_ABORT_TASK: "ABORT_TASK",
+    L.TMR_ABORT_TASK_SET: "ABORT_TASK_SET",
+    L.TMR_CLEAR_ACA: "CLEAR_ACA",
+    L.TMR_CLEAR_TASK_SET: "CLEAR_TASK_SET",
+    L.TMR_LUN_RESET: "LUN_RESET",
+    L.TMR_TARGET_WARM_RESET: "TARGET_WARM_RESET",
+    L.TMR_TARGET_COLD_RESET: "TARGET_COLD_RESET",
+    L.TMR_LUN_RESET_PRO: "LUN_RESET_PRO",
+}
+POLL_MS = 1000  # wake up at least this often (a lost kick costs at most this)
+
+
+class EventSource(Protocol):
+    """The uio fd: readable when the kernel queued commands."""
+
+    def fileno(self) -> int: ...
+
+    def wait_event(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class DeviceOptions:
+    workers: int = 4
+    max_queued: int = 256
+    queue_timeout: float = 20.0
+
+
+@dataclass
+class DeviceStats:
+    commands: int = 0
+    busy: int = 0
+    queue_full: int = 0
+    aborted: int = 0
+    tmrs: int = 0
+    ring_errors: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+
+
+class _Done:
+    __slots__ = ("cmd", "status", "sense", "read_len")
+
+    def __init__(self, cmd: Command, status: int, sense: bytes, read_len: int | None):
+        self.cmd, self.status, self.sense, self.read_len = cmd, status, sense, read_len
+
+
+class TcmuDevice:
+    """Serve ``ring`` with ``scsi`` until :meth:`stop`.
+
+    :param reset_ring: called when the ring is found corrupt (writes
+        ``action/reset_ring``) before the ring's own state is reset.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        ring: CommandRing,
+        events: EventSource,
+        scsi: ScsiDevice,
+        options: DeviceOptions | None = None,
+        *,
+        reset_ring: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.ring = ring
+        self.scsi = scsi
+        self.options = options or DeviceOptions()
+        self.stats = DeviceStats()
+        self._events = events
+        self._reset_ring = reset_ring
+        self._clock = clock
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._done: deque[_Done] = deque()  # append/popleft are atomic
+        self._outstanding: dict[int, Command] = {}  # ring thread only
+        self._aborted: set[Command] = set()
+        self._inflight = 0  # ring thread only
+        self._stop = threading.Event()
+        self._stop_deadline = 0.0
+        self._pool: ThreadPoolExecutor | None = None
+        self._thread: threading.Thread | None = None
+        self._log = log.bind(device=name)
+
+    # -- life cycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.options.workers:
+            self._pool = ThreadPoolExecutor(self.options.workers, f"tcmu-{self.name}-w")
+        self._thread = threading.Thread(target=self._run, name=f"tcmu-{self.name}", daemon=True)
+        self._thread.start()
+        self._log.info(
+            "device.serving",
+            workers=self.options.workers,
+            ooo=self.ring.out_of_order,
+            read_len=self.ring.supports_read_len,
+            tmr=self.ring.supports_tmr,
+        )
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Drain (serve what is in the ring, up to ``timeout``), then stop.
+
+        Call with the device blocked (``block_dev=1``) or already removed, so
+        that no new commands arrive.  :returns: True if everything drained.
+        """
+        self._stop_deadline = self._clock() + timeout
+        self._stop.set()
+        self._kick_self()
+        drained = True
+        if self._thread is not None:
+            self._thread.join(timeout + 5)
+            drained = not self._thread.is_alive() and self._inflight == 0
+        if self._pool is not None:
+            self._pool.shutdown(wait=drained, cancel_futures=True)
+        if drained:  # a worker still running may yet write to the eventfd: keep it
+            fd, self._wake = self._wake, -1
+            os.close(fd)
+        self._log.info("device.stopped", drained=drained, **self.stats.__dict__)
+        return drained
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- ring thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        poller = select.poll()
+        uio_fd = self._events.fileno()
+        poller.register(uio_fd, select.POLLIN)
+        poller.register(self._wake, select.POLLIN)
+        while True:
+            for fd, _ in poller.poll(POLL_MS):
+                if fd != uio_fd:
+                    self._drain_wake()
+                    continue
+                try:
+                    self._events.wait_event()  # clear the event before reading the ring
+                except OSError as exc:  # the uio device is going away (removal)
+                    self._log.warning("device.uio_error", error=str(exc))
+                    self._stop.wait(0.1)
+            try:
+                new = self._serve_once()
+            except RingError:
+                self._log.exception("device.ring_error")
+                self._recover()
+                continue
+            except Exception:  # never let the ring thread die silently
+                self._log.exception("device.loop_error")
+                continue
+            if self._stop.is_set():
+                if (not new and self._inflight == 0) or self._clock() > self._stop_deadline:
+                    break
+
+    def _serve_once(self) -> int:
+        items = self.ring.poll()
+        for item in items:
+            if isinstance(item, TmrNotification):
+                self._on_tmr(item)
+            else:
+                self._dispatch(item)
+        self._collect()
+        self.ring.flush()
+        return len(items)
+
+    def _recover(self) -> None:
+        self.stats.ring_errors += 1
+        try:
+            if self._reset_ring is not None:
+                self._reset_ring()
+            self.ring.reset()
+        except Exception:
+            self._log.exception("device.ring_reset_failed")
+            time.sleep(1)  # do not spin on a ring that cannot be reset
+        self._outstanding.clear()
+        self._aborted.clear()
+
+    def _dispatch(self, cmd: Command) -> None:
+        self.stats.commands += 1
+        if self._pool is None:
+            self._complete(self._execute(cmd, self._clock()))
+            return
+        if self._inflight >= self.options.max_queued:
+            self.stats.queue_full += 1
+            self._complete(_Done(cmd, Status.TASK_SET_FULL, b"", None))
+            return
+        self._inflight += 1
+        self._outstanding[cmd.cmd_id] = cmd
+        try:
+            self._pool.submit(self._work, cmd, self._clock())
+        except RuntimeError:  # pool shut down under us
+            self._inflight -= 1
+            del self._outstanding[cmd.cmd_id]
+            self._complete(_Done(cmd, Status.BUSY, b"", None))
+
+    def _collect(self) -> None:
+        done = self._done
+        while done:
+            item = done.popleft()
+            self._inflight -= 1
+            if self._outstanding.get(item.cmd.cmd_id) is item.cmd:
+                del self._outstanding[item.cmd.cmd_id]
+            self._aborted.discard(item.cmd)
+            self._complete(item)
+
+    def _complete(self, item: _Done) -> None:
+        self.stats.by_status[item.status] = self.stats.by_status.get(item.status, 0) + 1
+        try:
+            self.ring.complete(item.cmd, item.status, item.sense, item.read_len)
+        except (RingError, ValueError):
+            self._log.exception("device.complete_failed", cmd_id=item.cmd.cmd_id)
+
+    def _on_tmr(self, tmr: TmrNotification) -> None:
+        self.stats.tmrs += 1
+        hit = [self._outstanding[i] for i in tmr.cmd_ids if i in self._outstanding]
+        self._aborted.update(hit)
+        self._log.warning(
+            "device.tmr",
+            tmr=TMR_NAMES.get(tmr.tmr_type, tmr.tmr_type),
+            cmd_ids=list(tmr.cmd_ids),
+            still_ours=len(hit),
+        )
+
+    def _kick_self(self) -> None:
+        if self._wake >= 0:
+            try:
+                os.eventfd_write(self._wake, 1)
+            except OSError:
+                pass
+
+    def _drain_wake(self) -> None:
+        try:
+            os.eventfd_read(self._wake)
+        except BlockingIOError:
+            pass
+
+    # -- workers ---------------------------------------------------------------
+
+    def _work(self, cmd: Command, queued_at: float) -> None:
+        try:
+            item = self._execute(cmd, queued_at)
+        except BaseException:  # _execute does not raise; be sure the slot is freed
+            self._log.exception("device.worker_failed", cmd_id=cmd.cmd_id)
+            item = _Done(cmd, Status.BUSY, b"", None)
+        self._done.append(item)
+        self._kick_self()
+
+    def _execute(self, cmd: Command, queued_at: float) -> _Done:
+        if cmd in self._aborted:
+            self.stats.aborted += 1
+            return _Done(cmd, Status.BUSY, b"", None)
+        if self._clock() - queued_at > self.options.queue_timeout:
+            self.stats.busy += 1
+            return _Done(cmd, Status.BUSY, b"", None)
+        result = self.scsi.execute(cmd.cdb, cmd.iovecs if cmd.iovecs else None)
+        read_len = None
+        if result.data:
+            try:
+                read_len = self._deliver(cmd, result.data)
+            except ValueError:  # views released: the ring was reset meanwhile
+                return _Done(cmd, Status.BUSY, b"", None)
+        return _Done(cmd, result.status, result.sense, read_len)
+
+    def _deliver(self, cmd: Command, data) -> int:
+        """Copy data-in into the command's buffers; returns the bytes copied."""
+        views = cmd.bidi_iovecs if cmd.bidi_length else cmd.iovecs
+        src = memoryview(data).cast("B")
+        pos, total = 0, len(src)
+        for view in views:
+            if pos >= total:
+                if not self.ring.supports_read_len:
+                    view[:] = bytes(len(view))  # never hand out stale pages
+                continue
+            n = min(len(view), total - pos)
+            view[:n] = src[pos : pos + n]
+            if n < len(view) and not self.ring.supports_read_len:
+                view[n:] = bytes(len(view) - n)
+            pos += n
+        return pos
