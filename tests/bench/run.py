@@ -30,6 +30,13 @@ from appliance.engine.journal import Journal
 MiB = 1 << 20
 
 
+def new_volume(d: Path, **options) -> ProtectedVolume:
+    """A volume whose files live in ``d`` (primary, secondary, state)."""
+    return ProtectedVolume.create(
+        str(d / "state"), primary=str(d / "primary"), secondary=str(d / "sec"), **options
+    )
+
+
 def fresh(workdir: Path, name: str) -> Path:
     d = workdir / name
     shutil.rmtree(d, ignore_errors=True)
@@ -103,10 +110,8 @@ def bench_random_writes(workdir: Path, count: int, size: int) -> dict:
     os.fdatasync(fd)
     plain = time.perf_counter() - t0
     os.close(fd)
-    vol = ProtectedVolume.create(
-        str(d / "state"),
-        primary=str(d / "primary"),
-        secondary=str(d / "sec"),
+    vol = new_volume(
+        d,
         size=size,
         block_size=4096,
     )
@@ -134,10 +139,8 @@ def _filled_volume(d: Path, size: int, region: int, **opts) -> ProtectedVolume:
         chunk = os.urandom(MiB)
         for _ in range(size // MiB):
             f.write(chunk)
-    vol = ProtectedVolume.create(
-        str(d / "state"),
-        primary=str(d / "primary"),
-        secondary=str(d / "sec"),
+    vol = new_volume(
+        d,
         size=size,
         region_size=region,
         **opts,
@@ -209,10 +212,8 @@ def bench_drl_latency(workdir: Path, size: int, seconds: float) -> list[dict]:
     rows = []
     for label, interval in (("1 s", 1.0), ("60 s", 60.0), ("never", None)):
         d = fresh(workdir, "drl")
-        vol = ProtectedVolume.create(
-            str(d / "state"),
-            primary=str(d / "primary"),
-            secondary=str(d / "sec"),
+        vol = new_volume(
+            d,
             size=size,
             drl_reset_interval=interval,
         )
@@ -252,10 +253,8 @@ def bench_drl_latency(workdir: Path, size: int, seconds: float) -> list[dict]:
 def bench_restore(workdir: Path, size: int) -> list[dict]:
     """Restore: time to the first correct read; copy throughput vs a plain copy."""
     d = fresh(workdir, "restore")
-    vol = ProtectedVolume.create(
-        str(d / "state"),
-        primary=str(d / "primary"),
-        secondary=str(d / "sec"),
+    vol = new_volume(
+        d,
         size=size,
         map_seconds=3600,
     )
@@ -307,10 +306,8 @@ def bench_restore(workdir: Path, size: int) -> list[dict]:
 def bench_retention(workdir: Path, size: int, rounds: int) -> list[dict]:
     """Retention compaction rate, and 4 KiB write latency while it runs."""
     d = fresh(workdir, "retention")
-    vol = ProtectedVolume.create(
-        str(d / "state"),
-        primary=str(d / "primary"),
-        secondary=str(d / "sec"),
+    vol = new_volume(
+        d,
         size=size,
         map_seconds=3600,
         segment_size=16 * MiB,
@@ -367,10 +364,8 @@ def bench_retention(workdir: Path, size: int, rounds: int) -> list[dict]:
 
 
 def build_big(d: Path, writes: int, maps: int, size: int) -> None:
-    vol = ProtectedVolume.create(
-        str(d / "state"),
-        primary=str(d / "primary"),
-        secondary=str(d / "sec"),
+    vol = new_volume(
+        d,
         size=size,
         block_size=4096,
         map_records=max(1, writes // maps),
