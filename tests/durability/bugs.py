@@ -1,7 +1,7 @@
 """Minimal reproducers of engine bugs the durability tests found (all fixed).
 
 Each function returns None when the engine behaves, else one line saying what
-went wrong.  The ``test_bug_<name>`` regression tests call them, and the
+went wrong.  ``test_regressions.py::test_bug[<name>]`` calls them, and the
 seeded crash-state test uses them to decide whether a failure it sees is
 still explained by a known bug (``crashsim.known_bug``): a fixed bug is
 tolerated nowhere.

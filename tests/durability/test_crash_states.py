@@ -85,27 +85,3 @@ def test_crash_states(batch, root, tolerated):
 @pytest.mark.parametrize("batch", range(SOAK_BATCHES))
 def test_crash_states_soak(batch, root, tolerated):
     run_batch(range(batch, SOAK_SEEDS, SOAK_BATCHES), root, tolerated)
-
-
-@pytest.mark.known_bug
-def test_bug_unsynced_tail_after_kill(root):
-    problem = bugs.unsynced_tail_after_kill(root)
-    assert problem is None, problem
-
-
-@pytest.mark.known_bug
-def test_bug_segment_header_never_synced(root):
-    problem = bugs.segment_header_never_synced(root)
-    assert problem is None, problem
-
-
-@pytest.mark.known_bug
-def test_bug_pooled_segment_reused_then_power_loss(root):
-    problem = bugs.pooled_segment_reused_then_power_loss(root)
-    assert problem is None, problem
-
-
-@pytest.mark.known_bug
-def test_bug_clean_flag_outlives_power_loss(root):
-    problem = bugs.clean_flag_outlives_power_loss(root)
-    assert problem is None, problem

@@ -30,7 +30,6 @@ from appliance.engine.catalog import SCHEMA_VERSION
 from appliance.engine.fileio import OsFileIO
 from appliance.engine.journal import Journal, list_segments, segment_path
 
-from . import bugs
 from .faultfs import FaultFS
 from .helpers import abandon, create, journal_of, open_tracked, paths, scratch_dir, settle
 
@@ -296,27 +295,3 @@ def test_bug_damaged_catalog_page_is_rebuilt(d):
             assert_repaired(d, images, marks, logs)
         except sqlite3.DatabaseError as exc:
             raise AssertionError(f"open raised a raw {type(exc).__name__}: {exc}") from exc
-
-
-@pytest.mark.known_bug
-def test_bug_failed_open_leaks_threads(root):
-    problem = bugs.failed_open_leaks_threads(root)
-    assert problem is None, problem
-
-
-@pytest.mark.known_bug
-def test_bug_primary_fsync_error_retried(root):
-    problem = bugs.primary_fsync_error_retried(root)
-    assert problem is None, problem
-
-
-@pytest.mark.known_bug
-def test_bug_journal_failure_during_rollover(root):
-    problem = bugs.journal_failure_during_rollover(root)
-    assert problem is None, problem
-
-
-@pytest.mark.known_bug
-def test_bug_journal_eio_then_restart(root):
-    problem = bugs.journal_eio_then_restart(root)
-    assert problem is None, problem
