@@ -14,8 +14,11 @@ with the engine's own :class:`~appliance.engine.CdpError` / ``OSError``,
 which the server translates (server.py ``to_control_error``).  A refused call
 changes nothing.
 
-A volume is opened once per process: the daemon borrows open volumes with
-:meth:`VolumeManager.get` and never opens their folders itself.
+A volume is opened once per process: the daemon (``cdp-handlerd`` embeds
+this manager) borrows open volumes with :meth:`VolumeManager.attach_volume` /
+:meth:`VolumeManager.attach_image` and never opens their folders itself.
+While a backstore serves a volume or an image, removing that volume or
+unexposing that image is refused (``busy``): delete the LUN first.
 """
 
 from __future__ import annotations
@@ -50,15 +53,21 @@ class VolumeManager:
     """Owns the volumes under ``root``; see the module docstring."""
 
     def __init__(
-        self, root: str, *, config_file: str | None = None, open_options: dict | None = None
+        self,
+        root: str,
+        *,
+        config_file: str | None = None,
+        open_options: dict | None = None,
+        volumes_dir: str | None = None,
     ):
         self.root = os.path.abspath(root)
-        self.volumes_dir = os.path.join(self.root, "volumes")
+        self.volumes_dir = os.path.abspath(volumes_dir or os.path.join(self.root, "volumes"))
         self.config_file = config_file or os.path.join(self.root, CONFIG_FILE)
         self.open_options = dict(open_options or {})
         self.jobs = JobRegistry()
         self._vols: dict[str, ProtectedVolume] = {}
         self._broken: dict[str, str] = {}  # volumes that failed to open: why
+        self._served: dict[str, str] = {}  # volume or image name -> backstore serving it
         self.images = ImageRegistry()
         self._lock = threading.RLock()
 
@@ -107,6 +116,90 @@ class VolumeManager:
                 )
             known = ", ".join(sorted(self._vols)) or "none"
             raise ControlError("not_found", f"no volume named {volume!r} (volumes: {known})")
+
+    # ------------------------------------------------------------ backstores (the daemon)
+
+    def attach_volume(self, volume: str, backstore: str) -> ProtectedVolume:
+        """The open volume for a backstore that serves it, opened now if its
+        folder exists but was not opened at start (created by another tool).
+
+        :raises ControlError: ``not_found``, ``io_error`` (failed to open), or
+            ``busy`` (another backstore serves it).
+        """
+        with self._lock:
+            vol = self._vols.get(volume)
+            if vol is None and volume not in self._broken:
+                folder = os.path.join(self.volumes_dir, volume)
+                if os.path.exists(os.path.join(folder, VOLUME_FILE)):
+                    try:
+                        vol = ProtectedVolume.open(folder, **self.open_options)
+                    except (CdpError, OSError) as exc:
+                        self._broken[volume] = str(exc)
+                        raise ControlError(
+                            "io_error", f"volume {volume} failed to open: {exc}"
+                        ) from None
+                    self._vols[volume] = vol
+                    self._track_jobs(volume)
+            vol = self.get(volume)
+            self._claim(volume, backstore)
+            return vol
+
+    def attach_image(self, volume: str, image: str, backstore: str):
+        """The image a ``<volume>@<image>`` backstore serves: the exposed image
+        of that name, else the point ``image`` names (bookmark or sequence
+        number), exposed read-only now and unexposed by :meth:`release`.
+
+        :returns: ``(Exposed, implicit)``.
+        """
+        with self._lock:
+            ex = self.images.get(image)
+            implicit = False
+            if ex is None:
+                vol = self.get(volume)
+                ref = parse_point(int(image) if image.isdigit() else image)
+                if ref.kind == "time":
+                    raise ControlError(
+                        "bad_argument", f"{image!r} is a time: expose it first and name the image"
+                    )
+                ex = self.images.add(volume, vol, ref, False, None)
+                implicit = True
+            elif ex.volume != volume:
+                raise ControlError("not_found", f"image {image} belongs to {ex.volume}")
+            try:
+                self._claim(ex.name, backstore)
+            except ControlError:
+                if implicit:
+                    self.images.remove(ex.name, volume, discard=True)
+                raise
+            return ex, implicit
+
+    def _claim(self, name: str, backstore: str) -> None:
+        have = self._served.get(name)
+        if have is not None and have != backstore:
+            raise ControlError("busy", f"{name} is already served by backstore {have}")
+        self._served[name] = backstore
+
+    def release(self, name: str, *, implicit_image: bool = False) -> None:
+        """A backstore stopped serving ``name`` (a volume or an image).  The
+        volume stays open for the control API; an image exposed only for the
+        backstore is closed."""
+        with self._lock:
+            self._served.pop(name, None)
+            if implicit_image and self.images.get(name) is not None:
+                self.images.remove(name, None, discard=True)
+
+    def served_by(self, name: str) -> str | None:
+        with self._lock:
+            return self._served.get(name)
+
+    def _refuse_if_served(self, name: str, what: str) -> None:
+        backstore = self._served.get(name)
+        if backstore is not None:
+            raise ControlError(
+                "busy",
+                f"{what} {name} is served by backstore {backstore}: delete that backstore "
+                "(and its LUNs) first",
+            )
 
     def _track_jobs(self, name: str) -> list[dict]:
         vol = self._vols[name]
@@ -283,6 +376,7 @@ class VolumeManager:
                 shutil.rmtree(folder, ignore_errors=True)
                 return {"volume": volume, "removed": True, "journal": None}
             vol = self.get(volume)
+            self._refuse_if_served(volume, "volume")
             images = [e.name for e in self.images.of(volume)]
             if images:
                 raise ControlError(
@@ -449,11 +543,18 @@ class VolumeManager:
         """Close an exposed image; a writable one's overlay is deleted unless
         ``discard`` is false (then exposing the same name at the same point
         reattaches it)."""
-        ex = self.images.remove(name, volume, discard)
+        with self._lock:
+            self._refuse_if_served(self.images.find(name, volume).name, "image")
+            ex = self.images.remove(name, volume, discard)
         return {**ex.to_dict(), "discarded": bool(ex.writable and discard)}
 
     def exposed(self, volume: str | None = None) -> list[dict]:
-        return [e.to_dict() for e in self.images.of(volume)]
+        """The exposed images; ``served_by`` names the backstore serving one."""
+        with self._lock:
+            return [
+                {**e.to_dict(), "served_by": self._served.get(e.name)}
+                for e in self.images.of(volume)
+            ]
 
     # ------------------------------------------------------------ configuration
 

@@ -26,6 +26,7 @@ until the next flush, as the protocol says.
 from __future__ import annotations
 
 import errno
+import threading
 from contextlib import contextmanager
 
 import structlog
@@ -45,6 +46,7 @@ from appliance.scsi import (
     MediumError,
     NotReady,
     SpaceAllocationFailed,
+    WriteProtected,
 )
 
 log = structlog.get_logger("cdp.handler.backend")
@@ -116,3 +118,59 @@ class VolumeBackend:
         """TEST UNIT READY: NOT READY once the volume is closed."""
         if getattr(self.volume, "closed", False):
             raise NotReady(f"volume {self.volume.uuid} is closed")
+
+
+class ImageBackend:
+    """:class:`~appliance.scsi.BlockBackend` over a point-in-time image.
+
+    A read-only image is served with ``ScsiDevice(read_only=True)`` (WP set,
+    every write refused with DATA PROTECT / WRITE PROTECTED before it gets
+    here; :class:`WriteProtected` is the second line of defence).  A writable
+    image takes writes into its scratch overlay; ``flush`` makes the overlay
+    durable; the volume and its journal never see them.
+    """
+
+    def __init__(self, image, *, writable: bool) -> None:
+        self.image = image
+        self.writable = writable
+        self.size = image.size
+        self.block_size = image.block_size
+        self._cw_lock = threading.Lock()  # compare-and-write against writes
+
+    def _writable(self) -> None:
+        if not self.writable:
+            raise WriteProtected(f"image at seq {self.image.seq} is read-only")
+
+    def read(self, offset: int, length: int) -> bytes:
+        with engine_errors("image read", offset):
+            return self.image.read(offset, length)
+
+    def write(self, offset: int, data, *, fua: bool = False) -> None:
+        self._writable()
+        with self._cw_lock, engine_errors("image write", offset):
+            self.image.write(offset, data)
+            if fua:
+                self.image.flush()
+
+    def write_zeros(self, offset: int, length: int, *, unmap: bool = False) -> None:
+        self._writable()
+        with self._cw_lock, engine_errors("image write_zeros", offset):
+            self.image.write_zeros(offset, length)
+
+    def flush(self) -> None:
+        if self.writable:
+            with engine_errors("image flush"):
+                self.image.flush()
+
+    def compare_and_write(self, offset: int, expected, new, *, fua: bool) -> int | None:
+        self._writable()
+        with self._cw_lock, engine_errors("image compare_and_write", offset):
+            have = self.image.read(offset, len(expected))
+            expected = bytes(expected)
+            if have != expected:
+                pairs = enumerate(zip(have, expected, strict=True))
+                return next(i for i, (a, b) in pairs if a != b)
+            self.image.write(offset, new)
+            if fua:
+                self.image.flush()
+            return None

@@ -10,7 +10,18 @@ Syntax (the part after ``cdp/``; targetcli's ``cfgstring=`` argument)::
 
 ``<volume>`` names the volume's state folder under the handler's state
 directory (``/var/lib/cdp/volumes/<volume>``): 1-64 of ``A-Z a-z 0-9 . _ -``,
-starting with a letter or digit.  Keys, each at most once:
+starting with a letter or digit.
+
+An **image LUN** serves a point in time of a volume instead of the volume::
+
+    <volume>@<image>         vol0@vol0-1200   vol0@pre-upgrade   vol0@1200
+
+``<image>`` names an image exposed through the control API (``expose``; a
+writable one is served writable); if no image of that name is exposed, it is
+read as a point (a bookmark name or a sequence number) and that point is served
+read-only for as long as the backstore exists.  Image LUNs take no keys.
+
+Keys, each at most once:
 
 ``primary``   absolute path of the disk (or file) the initiator's data lives on
 ``secondary`` absolute path of the folder that holds the write journal
@@ -36,15 +47,17 @@ from .errors import CfgStringError
 SUBTYPE = "cdp"
 MAX_DEV_CONFIG = 255  # TCMU_CONFIG_LEN - 1
 VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+IMAGE_NAME = VOLUME_NAME
 MODES = ("sync", "async")
 KEYS = ("primary", "secondary", "mode")
 _FORBIDDEN = set(":,;= \t\r\n\0")
 
 CONFIG_DESC = (
-    "<volume>[;primary=<path>][;secondary=<folder>][;mode=sync|async]  "
+    "<volume>[;primary=<path>][;secondary=<folder>][;mode=sync|async] or <volume>@<image>  "
     "e.g. vol0;primary=/dev/sdb;secondary=/srv/journal/vol0 . "
     "An existing volume needs only its name; a new one is created from primary "
-    "(disk or file) and secondary (journal folder). The size comes from the backstore."
+    "(disk or file) and secondary (journal folder). The size comes from the backstore. "
+    "vol0@<image> serves an exposed image (or a bookmark/sequence number) of vol0."
 )
 
 
@@ -54,10 +67,16 @@ class CfgString:
     primary: str | None = None
     secondary: str | None = None
     mode: str | None = None
+    image: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``vol0`` or ``vol0@image``: what the backstore serves."""
+        return self.volume if self.image is None else f"{self.volume}@{self.image}"
 
     def render(self) -> str:
         """The cfgstring (without ``cdp/``) that parses back to ``self``."""
-        parts = [self.volume]
+        parts = [self.label]
         parts += [f"{k}={getattr(self, k)}" for k in KEYS if getattr(self, k) is not None]
         return ";".join(parts)
 
@@ -83,6 +102,16 @@ def parse(text: str, *, subtype: bool = False) -> CfgString:
         if bad in text:
             raise CfgStringError(f"character {bad!r} is not allowed in a cfgstring")
     name, *options = text.split(";")
+    name, at, image = name.partition("@")
+    if at:
+        if not IMAGE_NAME.match(image):
+            raise CfgStringError(
+                f"bad image name {image!r} after '@': 1-64 of A-Z a-z 0-9 . _ -, "
+                "starting with a letter or digit (an exposed image, a bookmark or a "
+                "sequence number)"
+            )
+        if options:
+            raise CfgStringError(f"an image LUN ({text.split(';')[0]}) takes no options")
     if not VOLUME_NAME.match(name):
         raise CfgStringError(
             f"bad volume name {name!r}: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit"
@@ -106,4 +135,6 @@ def parse(text: str, *, subtype: bool = False) -> CfgString:
     mode = values.get("mode")
     if mode is not None and mode not in MODES:
         raise CfgStringError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    return CfgString(name, values.get("primary"), values.get("secondary"), mode)
+    return CfgString(
+        name, values.get("primary"), values.get("secondary"), mode, image if at else None
+    )

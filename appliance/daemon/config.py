@@ -16,6 +16,13 @@ Every key is optional; a missing file means all defaults::
                          # keep it below the backstore's cmd_time_out (30 s)
     tmr_notification = true  # ask the kernel for ABORT TASK / LUN RESET entries
 
+    [control]
+    enabled = true                       # serve the control API (docs/CONTROL.md)
+    socket = "/run/cdp/control.sock"     # root only (0600 in a 0700 folder)
+
+The control API's state root is the parent of ``state_dir`` (``/var/lib/cdp``);
+its saved configuration (``saveconfig``) is ``<state root>/cdp.json``.
+
 Unknown sections or keys are errors (a typo must not silently change nothing).
 """
 
@@ -42,6 +49,8 @@ class HandlerConfig:
     max_queued: int = 256
     queue_timeout: float = 20.0
     tmr_notification: bool = True
+    control: bool = True
+    control_socket: Path = Path("/run/cdp/control.sock")
     # Where /sys and /dev are: "/" except in tests.
     root: Path = Path("/")
 
@@ -59,7 +68,10 @@ class HandlerConfig:
 _SECTIONS = {
     "handler": ("state_dir", "lock_file", "dbus", "log_level", "log_json"),
     "device": ("workers", "max_queued", "queue_timeout", "tmr_notification"),
+    "control": ("enabled", "socket"),
 }
+# Keys whose name in the file differs from the field's.
+_FIELD = {("control", "enabled"): "control", ("control", "socket"): "control_socket"}
 _TYPES = {f.name: f.type for f in fields(HandlerConfig)}
 
 
@@ -99,7 +111,8 @@ def parse_config(text: str, **overrides) -> HandlerConfig:
         for key, value in table.items():
             if key not in _SECTIONS[section]:
                 raise ConfigError(f"unknown key {key!r} in [{section}]")
-            values[key] = _coerce(key, value)
+            field = _FIELD.get((section, key), key)
+            values[field] = _coerce(field, value)
     values.update(overrides)
     return HandlerConfig(**values)
 

@@ -3,18 +3,22 @@
 One asyncio process (root): ``startup`` -> ``loop`` -> ``shutdown``.
 
 startup
-    take the lock file (one daemon per machine); ``block_netlink=1`` and
+    take the lock file (one daemon per machine); open every protected volume
+    and apply the saved cdp configuration (retention, exposed images: an image
+    LUN restored by ``rtslib-fb-targetctl`` after us finds its image); ``block_netlink=1`` and
     ``reset_netlink=1`` (fail netlink commands a dead predecessor left
     pending); join the ``TCM-USER`` family and send ``SET_FEATURES``; attach
     the ``cdp`` devices that already exist (``block_dev``, ``reset_ring``,
     map, unblock: see :mod:`.manager`); ``block_netlink=0``; own
-    ``org.kernel.TCMUService1`` on D-Bus; tell systemd we are ready.
+    ``org.kernel.TCMUService1`` on D-Bus; listen on the control socket; tell
+    systemd we are ready.
 loop
     each netlink event is handled in a worker thread and answered with its
     ``*_DONE``; SIGTERM or SIGINT ends the loop.
 shutdown
-    block, drain and detach every device (volumes closed cleanly), leave
-    D-Bus and netlink, restore the signal handlers, drop the lock.
+    stop the control socket (requests in flight finish), block, drain and
+    detach every device, close the volumes cleanly, leave D-Bus and netlink,
+    restore the signal handlers, drop the lock.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from pathlib import Path
 
 import structlog
 
+from appliance.control.manager import VolumeManager
+from appliance.control.server import ControlServer
 from appliance.tcmu import parse_uio_name
 
 from . import dbus_service
@@ -51,7 +57,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class Daemon:
     def __init__(self, config: HandlerConfig, *, dbus_address: str | None = None) -> None:
         self.config = config
-        self.store = VolumeStore(config.state_dir)
+        self.volumes = VolumeManager(
+            str(config.state_dir.parent), volumes_dir=str(config.state_dir)
+        )
+        self.store = VolumeStore(config.state_dir, self.volumes)
+        self.control: ControlServer | None = None
         self.manager = DeviceManager(config, self.store)
         self.knobs = KernelKnobs(config.root)
         self.netlink: TcmuNetlink | None = None
@@ -66,6 +76,9 @@ class Daemon:
 
     async def startup(self) -> None:
         self._take_lock()
+        restored = await asyncio.to_thread(self.volumes.start)
+        for line in restored.get("errors", []):
+            log.error("daemon.restoreconfig_error", error=line)
         _load_module()
         self.knobs.block_netlink(True)
         try:
@@ -79,6 +92,9 @@ class Daemon:
         self._events_task = asyncio.create_task(self._netlink_loop(), name="netlink")
         if self.config.dbus:
             self.bus = await dbus_service.serve(self.store, self._dbus_address)
+        if self.config.control:
+            self.control = ControlServer(self.volumes, str(self.config.control_socket))
+            await self.control.start()
         log.info("daemon.ready", recovered=served, state_dir=str(self.config.state_dir))
         _sd_notify("READY=1")
 
@@ -183,9 +199,13 @@ class Daemon:
 
     async def shutdown(self) -> None:
         _sd_notify("STOPPING=1")
+        if self.control is not None:
+            await self.control.stop()
+            self.control = None
         if self._handlers:
             await asyncio.wait(self._handlers, timeout=30)
         await asyncio.to_thread(self.manager.detach_all)
+        await asyncio.to_thread(self.volumes.close)
         if self._events_task is not None:
             self._events_task.cancel()
             await asyncio.gather(self._events_task, return_exceptions=True)
@@ -246,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument("--console-log", action="store_true", help="human-readable logs")
     p.add_argument("--no-dbus", action="store_true", help="do not own org.kernel.TCMUService1")
+    p.add_argument("--control-socket", type=Path, help="override [control] socket")
+    p.add_argument("--no-control", action="store_true", help="do not serve the control API")
     args = p.parse_args(argv)
     overrides = {}
     if args.state_dir:
@@ -256,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides["log_json"] = False
     if args.no_dbus:
         overrides["dbus"] = False
+    if args.control_socket:
+        overrides["control_socket"] = args.control_socket
+    if args.no_control:
+        overrides["control"] = False
     try:
         config = load_config(args.config, **overrides)
     except HandlerError as exc:

@@ -32,12 +32,11 @@ from appliance.scsi import DeviceIdentity, Limits, ScsiDevice
 from appliance.tcmu import UioDevice, UioInfo, list_tcmu_devices, parse_uio_name, read_uio_info
 
 from . import cfgstring
-from .backend import VolumeBackend
 from .config import HandlerConfig
 from .device import DeviceOptions, TcmuDevice
 from .errors import CfgStringError, DeviceSetupError
 from .kernel import DeviceKnobs
-from .volumes import VolumeStore
+from .volumes import Served, VolumeStore
 
 log = structlog.get_logger("cdp.handler.manager")
 
@@ -51,8 +50,12 @@ class Attached:
     cfg: cfgstring.CfgString
     knobs: DeviceKnobs
     uio: UioDevice
-    volume: ProtectedVolume
+    served: Served
     device: TcmuDevice
+
+    @property
+    def volume(self) -> ProtectedVolume:
+        return self.served.volume
 
 
 class DeviceManager:
@@ -94,11 +97,11 @@ class DeviceManager:
             raise DeviceSetupError(
                 f"{name.device}: size {size} is not a positive multiple of {block_size}"
             )
-        volume = self.store.acquire(cfg, size, block_size)
+        served = self.store.acquire(cfg, size, block_size, name.device)
         try:
-            attached = self._start(info, cfg, knobs, volume, max_sectors)
+            attached = self._start(info, cfg, knobs, served, max_sectors)
         except BaseException:
-            self.store.release(cfg.volume, volume)
+            self.store.release(served)
             raise
         with self._lock:
             self._devices[minor] = attached
@@ -106,10 +109,11 @@ class DeviceManager:
             "device.attached",
             device=name.device,
             uio=minor,
-            volume=cfg.volume,
+            serves=served.name,
             size=size,
             block_size=block_size,
-            state=volume.state,
+            read_only=served.read_only,
+            state=served.volume.state,
         )
         return attached
 
@@ -123,9 +127,15 @@ class DeviceManager:
             )
         return info
 
-    def _start(self, info, cfg, knobs: DeviceKnobs, volume, max_sectors: int) -> Attached:
-        limits = Limits(max_transfer_bytes=max(4096, max_sectors * volume.block_size))
-        scsi = ScsiDevice(VolumeBackend(volume), DeviceIdentity(str(volume.uuid)), limits=limits)
+    def _start(self, info, cfg, knobs: DeviceKnobs, served: Served, max_sectors: int) -> Attached:
+        bs = served.backend.block_size
+        limits = Limits(max_transfer_bytes=max(4096, max_sectors * bs))
+        scsi = ScsiDevice(
+            served.backend,
+            DeviceIdentity(served.identity),
+            limits=limits,
+            read_only=served.read_only,
+        )
         if self.config.tmr_notification:
             knobs.set_tmr_notification(True)
         uio = self._open_uio(info)
@@ -141,7 +151,7 @@ class DeviceManager:
         except BaseException:
             uio.close()
             raise
-        return Attached(info, cfg, knobs, uio, volume, device)
+        return Attached(info, cfg, knobs, uio, served, device)
 
     def _open_uio(self, info: UioInfo) -> UioDevice:
         for attempt in range(OPEN_RETRIES):
@@ -158,7 +168,8 @@ class DeviceManager:
         raise AssertionError("unreachable")
 
     def detach(self, minor: int, *, block: bool = False, timeout: float = 30.0) -> bool:
-        """Stop serving ``uio<minor>``; close the volume cleanly.
+        """Stop serving ``uio<minor>``; flush what it wrote (the volume stays
+        open for the control API and closes with the daemon).
 
         ``block``: set ``block_dev`` around the drain (daemon shutdown; on
         REMOVED_DEVICE the kernel has already quiesced the device).
@@ -181,7 +192,7 @@ class DeviceManager:
             att.uio.close()
         finally:
             try:
-                self.store.release(att.cfg.volume, att.volume)
+                self.store.release(att.served)
             finally:
                 if blocked:
                     try:
@@ -226,9 +237,9 @@ class DeviceManager:
                 new = cfgstring.parse(dev_cfg, subtype=True)
             except CfgStringError as exc:
                 raise DeviceSetupError(str(exc)) from None
-            if new.volume != att.cfg.volume:
+            if new.label != att.cfg.label:
                 raise DeviceSetupError(
-                    "a live backstore cannot switch volumes; delete and re-create it",
+                    "a live backstore cannot switch volumes or images; delete and re-create it",
                     errno.EOPNOTSUPP,
                 )
 

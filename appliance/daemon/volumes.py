@@ -3,8 +3,8 @@
 A backstore's cfgstring names a volume (:mod:`.cfgstring`); this module
 checks the name against what is on disk (D-Bus ``CheckConfig``, before the
 kernel ever sees the backstore) and opens or creates the volume when the
-kernel announces the device.  A volume is served by at most one backstore:
-a second open is refused with ``EBUSY``.
+kernel announces the device.  A volume, and an image, is served by at most
+one backstore: a second one is refused with ``EBUSY``.
 """
 
 from __future__ import annotations
@@ -14,13 +14,18 @@ import json
 import os
 import stat
 import threading
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
+from appliance.control.manager import VolumeManager
+from appliance.control.protocol import ControlError
 from appliance.engine import CdpError, InvalidArgument, ProtectedVolume, VolumeExists
 from appliance.engine.volume import JOURNAL_DIR, VOLUME_FILE
 
+from .backend import ImageBackend, VolumeBackend
 from .cfgstring import CfgString
 from .errors import CfgStringError, DeviceSetupError
 
@@ -28,13 +33,16 @@ log = structlog.get_logger("cdp.handler.volumes")
 
 
 class VolumeStore:
-    """Volumes under ``state_dir``.  Thread-safe."""
+    """Volumes under ``state_dir``, opened through the control API's
+    :class:`~appliance.control.manager.VolumeManager` (one open volume per
+    process, shared by the LUNs and the control socket).  Thread-safe."""
 
-    def __init__(self, state_dir: Path | str, **open_options) -> None:
+    def __init__(self, state_dir: Path | str, manager: VolumeManager | None = None) -> None:
         self.state_dir = Path(state_dir)
-        self._open_options = open_options
+        if manager is None:
+            manager = VolumeManager(str(self.state_dir.parent), volumes_dir=str(self.state_dir))
+        self.manager = manager
         self._lock = threading.Lock()
-        self._busy: set[str] = set()
 
     def path(self, volume: str) -> Path:
         return self.state_dir / volume
@@ -56,6 +64,8 @@ class VolumeStore:
         :raises CfgStringError: the reason, fit for ``CheckConfig``.
         """
         meta = self.describe(cfg.volume)
+        if cfg.image is not None:
+            return self._check_image(cfg, meta, size, block_size)
         if meta is not None:
             for key in ("primary", "secondary"):
                 given = getattr(cfg, key)
@@ -67,15 +77,7 @@ class VolumeStore:
                 raise CfgStringError(
                     f"volume {cfg.volume} exists in mode {meta.get('mode', 'sync')}, not {cfg.mode}"
                 )
-            if size is not None and size != meta.get("size"):
-                raise CfgStringError(
-                    f"volume {cfg.volume} holds {meta.get('size')} bytes; the backstore has {size}"
-                )
-            if block_size is not None and block_size != meta.get("block_size"):
-                raise CfgStringError(
-                    f"volume {cfg.volume} has {meta.get('block_size')}-byte blocks; the "
-                    f"backstore has {block_size}"
-                )
+            self._check_geometry(f"volume {cfg.volume}", meta, size, block_size)
             return f"serves existing volume {cfg.volume} ({meta.get('size')} bytes)"
         if cfg.primary is None or cfg.secondary is None:
             raise CfgStringError(
@@ -84,6 +86,29 @@ class VolumeStore:
         self._check_primary(cfg.primary, size)
         self._check_secondary(cfg.secondary)
         return f"creates volume {cfg.volume} on {cfg.primary}, journal in {cfg.secondary}"
+
+    @staticmethod
+    def _check_geometry(what: str, meta: dict, size, block_size) -> None:
+        """The backstore's size and block size must be the volume's."""
+        if size is not None and size != meta.get("size"):
+            raise CfgStringError(f"{what} holds {meta.get('size')} bytes; the backstore has {size}")
+        if block_size is not None and block_size != meta.get("block_size"):
+            raise CfgStringError(
+                f"{what} has {meta.get('block_size')}-byte blocks; the backstore has {block_size}"
+            )
+
+    def _check_image(self, cfg: CfgString, meta, size, block_size) -> str:
+        if meta is None:
+            raise CfgStringError(f"volume {cfg.volume} does not exist: no image of it to serve")
+        self._check_geometry(f"an image of {cfg.volume}", meta, size, block_size)
+        ex = self.manager.images.get(cfg.image)
+        if ex is not None:
+            if ex.volume != cfg.volume:
+                raise CfgStringError(f"image {cfg.image} is an image of {ex.volume}")
+            kind = "writable" if ex.writable else "read-only"
+            return f"serves exposed image {ex.name} of {cfg.volume} (seq {ex.seq}, {kind})"
+        what = "sequence number" if cfg.image.isdigit() else "bookmark"
+        return f"serves {cfg.volume} at {what} {cfg.image}, read-only"
 
     @staticmethod
     def _check_primary(primary: str, size: int | None) -> None:
@@ -126,57 +151,77 @@ class VolumeStore:
 
     # -- opening --------------------------------------------------------------
 
-    def acquire(self, cfg: CfgString, size: int, block_size: int) -> ProtectedVolume:
-        """Open (or create) the volume for a backstore of ``size`` bytes.
+    def acquire(self, cfg: CfgString, size: int, block_size: int, backstore: str) -> Served:
+        """What the backstore ``backstore`` serves: the volume (opened, or
+        created from the cfgstring's keys) or one of its images.
 
         :raises DeviceSetupError: with the errno the netlink reply carries.
         """
-        with self._lock:
-            if cfg.volume in self._busy:
-                raise DeviceSetupError(
-                    f"volume {cfg.volume} is already served by another backstore", errno.EBUSY
-                )
-            self._busy.add(cfg.volume)
-        try:
-            return self._open(cfg, size, block_size)
-        except BaseException:
-            with self._lock:
-                self._busy.discard(cfg.volume)
-            raise
-
-    def _open(self, cfg: CfgString, size: int, block_size: int) -> ProtectedVolume:
         try:
             self.check(cfg, size, block_size)
         except CfgStringError as exc:
             raise DeviceSetupError(str(exc), errno.EINVAL) from None
-        state = str(self.path(cfg.volume))
         try:
-            if self.describe(cfg.volume) is not None:
-                return ProtectedVolume.open(state, **self._open_options)
-            os.makedirs(cfg.secondary, mode=0o700, exist_ok=True)
-            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            log.info("volume.creating", volume=cfg.volume, primary=cfg.primary, size=size)
-            return ProtectedVolume.create(
-                state,
-                primary=cfg.primary,
-                secondary=cfg.secondary,
-                size=size,
-                block_size=block_size,
-                mode=cfg.mode or "sync",
-                **self._open_options,
-            )
+            with self._lock:  # check-then-create must not race another ADDED_DEVICE
+                if self.describe(cfg.volume) is None:
+                    self._create(cfg, size, block_size)
+            if cfg.image is None:
+                vol = self.manager.attach_volume(cfg.volume, backstore)
+                return Served(cfg.volume, VolumeBackend(vol), str(vol.uuid), vol, False)
+            ex, implicit = self.manager.attach_image(cfg.volume, cfg.image, backstore)
+        except ControlError as exc:
+            status = _ERRNO.get(exc.type, errno.EIO)
+            raise DeviceSetupError(f"{cfg.label}: {exc.message}", status) from None
         except VolumeExists as exc:
             raise DeviceSetupError(str(exc), errno.EEXIST) from None
         except InvalidArgument as exc:
             raise DeviceSetupError(str(exc), errno.EINVAL) from None
         except (CdpError, OSError) as exc:
             raise DeviceSetupError(f"volume {cfg.volume}: {exc}", errno.EIO) from None
+        vol = self.manager.get(cfg.volume)
+        backend = ImageBackend(ex.image, writable=ex.writable)
+        # A stable, distinct identity per image: the volume's uuid and the name.
+        identity = str(uuid.uuid5(vol.uuid, f"image:{ex.name}"))
+        return Served(ex.name, backend, identity, vol, not ex.writable, implicit)
 
-    def release(self, volume: str, vol: ProtectedVolume | None) -> None:
-        """Close ``vol`` (cleanly: durable, clean-close mark) and free the name."""
+    def _create(self, cfg: CfgString, size: int, block_size: int) -> None:
+        log.info("volume.creating", volume=cfg.volume, primary=cfg.primary, size=size)
+        self.manager.create(
+            cfg.volume,
+            primary=cfg.primary,
+            secondary=cfg.secondary,
+            size=size,
+            block_size=block_size,
+            mode=cfg.mode or "sync",
+        )
+
+    def release(self, served: Served) -> None:
+        """The backstore is gone: flush what it wrote and free the name.  The
+        volume stays open (the control API and other backstores use it)."""
         try:
-            if vol is not None:
-                vol.close()
+            served.backend.flush()
+        except Exception as exc:  # logged: the device is gone either way
+            log.error("volume.release_flush_failed", name=served.name, error=str(exc))
         finally:
-            with self._lock:
-                self._busy.discard(volume)
+            self.manager.release(served.name, implicit_image=served.implicit)
+
+
+_ERRNO = {
+    "not_found": errno.ENOENT,
+    "busy": errno.EBUSY,
+    "exists": errno.EEXIST,
+    "bad_argument": errno.EINVAL,
+    "io_error": errno.EIO,
+}
+
+
+@dataclass
+class Served:
+    """What one backstore serves."""
+
+    name: str  # the volume's name, or the image's
+    backend: object  # VolumeBackend or ImageBackend
+    identity: str  # uuid text for the SCSI device identifiers (VPD 0x80/0x83)
+    volume: ProtectedVolume
+    read_only: bool
+    implicit: bool = False  # an image exposed only for this backstore

@@ -28,13 +28,22 @@ def one(completions: list[str]) -> list[str]:
 class UICDPNode(UINode):
     """A node under ``/cdp``: ``self.client`` talks to the daemon."""
 
+    def inherited(self, attr: str):
+        """``attr`` of this node or of the nearest node above that has it."""
+        node = self
+        while not hasattr(node, attr):
+            node = node.parent
+        return getattr(node, attr)
+
     @property
     def client(self):
         """The ``ControlClient`` of the ``/cdp`` node above (or this one)."""
-        node = self
-        while not hasattr(node, "cdp_client"):
-            node = node.parent
-        return node.cdp_client
+        return self.inherited("cdp_client")
+
+    @property
+    def lio(self):
+        """The LIO side of image LUNs (``lio.LioExport``; tests replace it)."""
+        return self.inherited("cdp_lio")
 
     def call(self, op: str, **args):
         """One control request; a failure is one ExecutionError line."""

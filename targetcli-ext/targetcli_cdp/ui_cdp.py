@@ -5,6 +5,7 @@ from __future__ import annotations
 from appliance.control.protocol import ControlError
 
 from .compat import ExecutionError
+from .lio import LioExport
 from .node import UICDPNode, one, parse_size
 from .render import jobs_table
 from .ui_volume import UIVolume
@@ -27,6 +28,7 @@ class UICDP(UICDPNode):
     def __init__(self, parent, client):
         UICDPNode.__init__(self, "cdp", parent)
         self.cdp_client = client
+        self.cdp_lio = getattr(parent, "cdp_lio", None) or LioExport()
         self.error: str | None = None
         self.refresh()
 

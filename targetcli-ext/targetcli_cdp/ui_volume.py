@@ -270,18 +270,25 @@ class UIVolume(UICDPNode):
 
     # ------------------------------------------------------------ images
 
-    def ui_command_expose(self, point, writable=None, name=None):
+    def ui_command_expose(self, point, writable=None, name=None, target=None, lun=None):
         """
         Opens the volume as it was at POINT, as an image kept by NAME (default
-        VOLUME-SEQ) for the daemon to export as a LUN.  A writable image takes
-        writes into a scratch overlay (test failover, file-level recovery);
-        neither the volume nor its journal ever sees them.  Exposed images are
-        part of the saved configuration.
+        VOLUME-SEQ).  A writable image takes writes into a scratch overlay (test
+        failover, file-level recovery); neither the volume nor its journal ever
+        sees them.  Exposed images are part of the saved configuration.
+
+        With TARGET (an iSCSI target's IQN) the image also becomes a LUN there:
+        a user:cdp backstore named NAME (cfgstring VOLUME@NAME) and a LUN in
+        TARGET/tpg1 (number LUN, default the next free one), mapped to every
+        ACL of that TPG.  Without TARGET, export it later with
+        /backstores/user:cdp create name=NAME size=<volume size>
+        cfgstring=VOLUME@NAME.
 
         EXAMPLE
         =======
         expose point=-1h
         expose point=pre-upgrade writable=true name=vol0-test
+        expose point=before-ransomware target=iqn.2003-01.org.example:restore
 
         SEE ALSO
         ========
@@ -292,14 +299,35 @@ class UIVolume(UICDPNode):
         ex = self.call("expose", volume=self.name, point=point, writable=writable, name=name)
         kind = "writable" if ex["writable"] else "read-only"
         warn = " It is SUSPECT (see 'help points')." if ex["suspect"] else ""
-        self.shell.log.info(f"Exposed {ex['name']}: {self.name} at seq {ex['seq']}, {kind}.{warn}")
+        where = ""
+        if target is not None:
+            size = self.call("status", volume=self.name)["size"]
+            try:
+                path = self.lio.export(self.name, ex["name"], size, target, lun)
+            except ExecutionError as exc:
+                self.call("unexpose", volume=self.name, name=ex["name"], discard=True)
+                raise ExecutionError(f"{exc} (image not exposed)") from None
+            where = f" LUN {path} (backstore user:cdp/{ex['name']})."
+            self.get_root().refresh()
+        self.shell.log.info(
+            f"Exposed {ex['name']}: {self.name} at seq {ex['seq']}, {kind}.{warn}{where}"
+        )
 
     def ui_complete_expose(self, parameters, text, current_param):
         if current_param == "point":
             return self.complete_points(self.name, text)
         if current_param == "writable":
             return one([b for b in ("true", "false") if b.startswith(text)])
+        if current_param == "target":
+            return one([t for t in self._iscsi_targets() if t.startswith(text)])
         return []
+
+    def _iscsi_targets(self) -> list[str]:
+        root = self.get_root()
+        try:
+            return sorted(node.name for node in root.get_node("/iscsi").children)
+        except Exception:  # no /iscsi (cdp-only shell)
+            return []
 
     def ui_command_unexpose(self, name=None, discard=None):
         """
@@ -313,12 +341,21 @@ class UIVolume(UICDPNode):
         unexpose
         unexpose name=vol0-test discard=false
 
+        A LUN that exports the image (see 'help expose') is deleted first,
+        with its backstore.
+
         SEE ALSO
         ========
         expose
         """
         self.assert_root()
         discard = self.bool_param(discard, "discard", True)
+        images = self.call("exposed", volume=self.name)
+        picked = [e for e in images if name is None or e["name"] == name]
+        if len(picked) == 1 and picked[0].get("served_by"):
+            gone = self.lio.unexport(self.name, picked[0]["name"])
+            self.shell.log.info(f"Deleted {', '.join(gone)}.")
+            self.get_root().refresh()
         ex = self.call("unexpose", volume=self.name, name=name, discard=discard)
         kept = " (overlay kept)" if ex["writable"] and not ex["discarded"] else ""
         self.shell.log.info(f"Unexposed {ex['name']}{kept}.")

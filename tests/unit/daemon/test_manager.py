@@ -1,61 +1,17 @@
 """Attach, detach, reconfigure and recover devices over a fake sysfs/configfs."""
 
 import errno
-from pathlib import Path
 
 import pytest
 
-from appliance.daemon.config import HandlerConfig
 from appliance.daemon.errors import DeviceSetupError
 from appliance.daemon.kernel import DeviceKnobs
 from appliance.daemon.main import Daemon
-from appliance.daemon.manager import DeviceManager
 from appliance.daemon.netlink import Cmd, DeviceEvent
-from appliance.daemon.volumes import VolumeStore
 from appliance.scsi.constants import Status
 from tests.unit.scsi.cdbs import inquiry
 
-from .harness import SimUio
-
-SIZE = 1 << 20
-
-
-def add_device(root: Path, minor: int, hba: int, name: str, cfg: str, size=SIZE, bs=512):
-    uio = root / f"sys/class/uio/uio{minor}"
-    (uio / "maps/map0").mkdir(parents=True)
-    (uio / "name").write_text(f"tcm-user/{hba}/{name}/{cfg}\n")
-    (uio / "maps/map0/size").write_text("0x40800000\n")
-    dev = root / f"sys/kernel/config/target/core/user_{hba}/{name}"
-    for sub in ("attrib", "action", "wwn"):
-        (dev / sub).mkdir(parents=True, exist_ok=True)
-    for attr, value in (
-        ("hw_block_size", bs),
-        ("dev_size", size),
-        ("hw_max_sectors", 128),
-        ("tmr_notification", 0),
-    ):
-        (dev / "attrib" / attr).write_text(f"{value}\n")
-    return f"tcm-user/{hba}/{name}/{cfg}"
-
-
-@pytest.fixture
-def env(tmp_path):
-    root = tmp_path / "root"
-    root.mkdir()
-    config = HandlerConfig(state_dir=tmp_path / "volumes", root=root, workers=1)
-    sims: list[SimUio] = []
-
-    def opener(info):
-        uio = SimUio(data_blocks=16)
-        sims.append(uio)
-        return uio
-
-    mgr = DeviceManager(config, VolumeStore(config.state_dir), opener=opener)
-    cfg = f"cdp/vol0;primary={tmp_path}/p.img;secondary={tmp_path}/journal"
-    yield root, mgr, sims, cfg
-    mgr.detach_all(timeout=5)
-    for uio in sims:
-        uio.sim.close()
+from .conftest import SIZE, add_device
 
 
 def test_attach_serves_and_detach_closes(env):

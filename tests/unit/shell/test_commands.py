@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from appliance.control.protocol import ControlError
 from appliance.engine import faults
 from tests.unit.control.serving import MiB
 
@@ -197,3 +198,67 @@ def test_cdp_survives_refresh(vsh):
     vsh.run("refresh")
     vsh.run("set global tree_max_depth=0")
     assert "o- vol0" in vsh.run("ls /")
+
+
+class FakeLio:
+    """The LIO side of image LUNs, recorded (the VM tier runs the real one)."""
+
+    def __init__(self, served=None, fail: str | None = None):
+        self.calls: list[tuple] = []
+        self.fail = fail
+        self.served = served  # the ServerThread: mark the image served, as the daemon would
+
+    def export(self, volume, image, size, target, lun=None):
+        from targetcli_cdp.compat import ExecutionError
+
+        self.calls.append(("export", volume, image, size, target, lun))
+        if self.fail:
+            raise ExecutionError(self.fail)
+        self.served.manager.attach_image(volume, image, f"user/1/{image}")
+        return f"{target}/tpg1/lun0"
+
+    def unexport(self, volume, image):
+        self.calls.append(("unexport", volume, image))
+        self.served.manager.release(image)
+        return [f"iqn.x/tpg1/lun0 ({image})"]
+
+
+def test_expose_as_a_lun_and_unexpose(vsh, served):
+    lio = FakeLio(served)
+    vsh.root.cdp_lio = lio
+    vsh.root.refresh()
+    out = vsh.run("/cdp/vol0 expose point=first name=img1 target=iqn.2003-01.org.x:t1 lun=3")
+    assert "Exposed img1" in out and "LUN iqn.2003-01.org.x:t1/tpg1/lun0" in out
+    size = served.manager.get("vol0").size
+    assert lio.calls == [("export", "vol0", "img1", size, "iqn.2003-01.org.x:t1", "3")]
+    # The daemon refuses to close an image a backstore serves...
+    with pytest.raises(ControlError, match="served by backstore"):
+        served.manager.unexpose("img1")
+    # ...so the shell deletes the LUN and backstore first.
+    out = vsh.run("/cdp/vol0 unexpose name=img1")
+    assert lio.calls[-1] == ("unexport", "vol0", "img1")
+    assert "Deleted iqn.x/tpg1/lun0 (img1)." in out and "Unexposed img1." in out
+    assert served.manager.exposed("vol0") == []
+
+
+def test_expose_as_a_lun_failure_leaves_nothing_exposed(vsh, served):
+    vsh.root.cdp_lio = FakeLio(served, fail="no iSCSI target iqn.nope with a tpg1")
+    vsh.root.refresh()
+    msg = vsh.fail("/cdp/vol0 expose point=first name=img2 target=iqn.nope")
+    assert msg == "no iSCSI target iqn.nope with a tpg1 (image not exposed)"
+    assert served.manager.exposed("vol0") == []
+
+
+def test_expose_target_without_rtslib_is_one_clear_line(vsh, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_rtslib(name, *a, **kw):
+        if name == "rtslib_fb":
+            raise ImportError(name)
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_rtslib)
+    msg = vsh.fail("/cdp/vol0 expose point=first name=img3 target=iqn.x")
+    assert msg.startswith("rtslib-fb is not installed here") and "(image not exposed)" in msg
