@@ -24,8 +24,11 @@ from dataclasses import dataclass, field
 from .constants import (
     INVALID_COMMAND_OPERATION_CODE,
     MI_REPORT_SUPPORTED_OPCODES,
+    RCR_COPY_STATUS,
+    RCR_OPERATING_PARAMETERS,
     SAI_GET_LBA_STATUS,
     SAI_READ_CAPACITY_16,
+    XCOPY_LID1,
     Op,
     SenseKey,
 )
@@ -37,7 +40,9 @@ from .sense import (
 )
 
 NACA = 0x04
-SERVICE_ACTION_OPCODES = frozenset({Op.SERVICE_ACTION_IN_16, Op.MAINTENANCE_IN})
+SERVICE_ACTION_OPCODES = frozenset(
+    {Op.EXTENDED_COPY, Op.RECEIVE_COPY_RESULTS, Op.SERVICE_ACTION_IN_16, Op.MAINTENANCE_IN}
+)
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,25 @@ COMMANDS: tuple[CommandSpec, ...] = (
     _spec(Op.UNMAP, "42 00 00 00 00 00 3f ff ff 00", "UNMAP", writes=True),
     _spec(Op.MODE_SELECT_10, "55 11 00 00 00 00 00 ff ff 00", "MODE SELECT(10)"),
     _spec(Op.MODE_SENSE_10, "5a 18 ff ff 00 00 00 ff ff 00", "MODE SENSE(10)"),
+    _spec(
+        Op.EXTENDED_COPY,
+        f"83 00 00 00 00 00 00 00 00 00 {_LBA4} 00 00",
+        "EXTENDED COPY(LID1)",
+        sa=XCOPY_LID1,
+        writes=True,
+    ),
+    _spec(
+        Op.RECEIVE_COPY_RESULTS,
+        f"84 00 ff 00 00 00 00 00 00 00 {_LBA4} 00 00",
+        "RECEIVE COPY STATUS(LID1)",
+        sa=RCR_COPY_STATUS,
+    ),
+    _spec(
+        Op.RECEIVE_COPY_RESULTS,
+        f"84 03 00 00 00 00 00 00 00 00 {_LBA4} 00 00",
+        "RECEIVE COPY OPERATING PARAMETERS",
+        sa=RCR_OPERATING_PARAMETERS,
+    ),
     _spec(Op.READ_16, f"88 1e {_LBA8} {_LBA4} 3f 00", "READ(16)"),
     _spec(
         Op.COMPARE_AND_WRITE, f"89 1a {_LBA8} 00 00 00 ff 3f 00", "COMPARE AND WRITE", writes=True

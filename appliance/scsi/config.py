@@ -77,6 +77,8 @@ class BlockLimits(NamedTuple):
     max_unmap_descriptors: int
     max_write_same: int
     max_compare_and_write: int
+    lbppbe: int = 0
+    """LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (READ CAPACITY 16)."""
 
 
 @dataclass(frozen=True)
@@ -114,15 +116,31 @@ class Limits:
             raise ValueError("max_compare_and_write_blocks must be 1-255")
 
     def in_blocks(self, block_size: int) -> BlockLimits:
+        """The limits in blocks.  Two derived values:
+
+        * MAXIMUM WRITE SAME LENGTH is capped at the MAXIMUM TRANSFER LENGTH:
+          initiators (libiscsi's WRITE SAME tests among them) take a range
+          they may WRITE SAME as one they may also WRITE in one command.
+        * The physical block is the optimal granularity when that is a power
+          of two multiple of the block size (4 KiB over 512-byte blocks:
+          LBPPBE 3, as a 512e disk), else the logical block (LBPPBE 0)."""
+
         def blocks(nbytes: int, cap: int = 0xFFFFFFFF) -> int:
             return max(1, min(nbytes // block_size, cap))
 
+        max_transfer = blocks(self.max_transfer_bytes)
+        granularity = blocks(self.granularity_bytes, 0xFFFF)
+        per_physical = self.granularity_bytes // block_size
+        lbppbe = 0
+        if per_physical > 1 and per_physical & (per_physical - 1) == 0:
+            lbppbe = min(per_physical.bit_length() - 1, 15)
         return BlockLimits(
-            max_transfer=blocks(self.max_transfer_bytes),
+            max_transfer=max_transfer,
             optimal_transfer=blocks(self.optimal_transfer_bytes),
-            granularity=blocks(self.granularity_bytes, 0xFFFF),
+            granularity=granularity,
             max_unmap=blocks(self.max_unmap_bytes),
             max_unmap_descriptors=self.max_unmap_descriptors,
-            max_write_same=blocks(self.max_write_same_bytes),
+            max_write_same=min(blocks(self.max_write_same_bytes), max_transfer),
             max_compare_and_write=self.max_compare_and_write_blocks,
+            lbppbe=lbppbe,
         )

@@ -14,9 +14,10 @@ bitmap (INVALID FIELD IN CDB with a field pointer), refuse medium-changing
 commands on a read-only LUN (DATA PROTECT / WRITE PROTECTED), then run the
 handler.
 
-State kept per device: the write-cache-enabled bit (WCE), set by MODE SELECT.
-It is a plain attribute, so concurrent commands from several threads see
-either the old or the new value.  REPORT LUNS and persistent reservations
+State kept per device: the write-cache-enabled bit (WCE), set by MODE SELECT
+(a plain attribute, so concurrent commands from several threads see either
+the old or the new value), and the EXTENDED COPY statuses held for RECEIVE
+COPY RESULTS (:class:`~appliance.scsi.xcopy.CopyManager`).  REPORT LUNS and persistent reservations
 never get here (LIO answers them); nor do unit attentions, which this layer
 does not raise (no per-nexus state: MODE SELECT does not post MODE
 PARAMETERS CHANGED, a resize does not post CAPACITY DATA HAS CHANGED).
@@ -27,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from . import block_io, provisioning
+from . import block_io, provisioning, xcopy
 from .backend import BlockBackend, SupportsReadyCheck
 from .buffer import DataOut, DataOutArg
 from .cdb import BY_KEY, be, check_cdb, lookup
@@ -37,12 +38,15 @@ from .constants import (
     LUN_NOT_READY,
     MI_REPORT_SUPPORTED_OPCODES,
     NO_ADDITIONAL_SENSE,
+    RCR_COPY_STATUS,
+    RCR_OPERATING_PARAMETERS,
     SAI_GET_LBA_STATUS,
     SAI_READ_CAPACITY_16,
     SPACE_ALLOCATION_FAILED_WRITE_PROTECT,
     UNRECOVERED_READ_ERROR,
     WRITE_ERROR,
     WRITE_PROTECTED,
+    XCOPY_LID1,
     Op,
     SenseKey,
     Status,
@@ -94,6 +98,7 @@ class ScsiDevice:
         self.limits = self.config_limits.in_blocks(backend.block_size)
         self.write_cache = write_cache
         self.read_only = read_only
+        self.copy_manager = xcopy.CopyManager()
 
     @property
     def block_size(self) -> int:
@@ -209,12 +214,15 @@ def _read_capacity_10(dev: ScsiDevice, cdb: bytes, data: DataOut) -> ScsiResult:
 
 
 def _read_capacity_16(dev: ScsiDevice, cdb: bytes, data: DataOut) -> ScsiResult:
-    """32 bytes: last LBA, block length, no protection, LBPPBE 0, LBPME|LBPRZ."""
+    """32 bytes: last LBA, block length, no protection, LOGICAL BLOCKS PER
+    PHYSICAL BLOCK EXPONENT (byte 13, from the granularity, see
+    :meth:`Limits.in_blocks`), lowest aligned LBA 0, LBPME|LBPRZ."""
     if not cdb[14] & 0x01 and be(cdb, 2, 8):
         raise invalid_field_in_cdb(2)
     payload = bytearray(32)
     payload[0:8] = max(dev.capacity() - 1, 0).to_bytes(8, "big")
     payload[8:12] = dev.block_size.to_bytes(4, "big")
+    payload[13] = dev.limits.lbppbe & 0x0F
     payload[14] = 0x80 | 0x40
     return data_in(bytes(payload), be(cdb, 10, 4))
 
@@ -253,6 +261,9 @@ _HANDLERS: dict[tuple[int, int | None], Handler] = {
     (Op.UNMAP, None): provisioning.unmap,
     (Op.MODE_SELECT_10, None): _mode_select,
     (Op.MODE_SENSE_10, None): _mode_sense,
+    (Op.EXTENDED_COPY, XCOPY_LID1): xcopy.extended_copy,
+    (Op.RECEIVE_COPY_RESULTS, RCR_COPY_STATUS): xcopy.receive_copy_status,
+    (Op.RECEIVE_COPY_RESULTS, RCR_OPERATING_PARAMETERS): xcopy.receive_operating_parameters,
     (Op.READ_16, None): block_io.read,
     (Op.COMPARE_AND_WRITE, None): block_io.compare_and_write,
     (Op.WRITE_16, None): block_io.write,

@@ -9,7 +9,7 @@ byte   content
 2      VERSION 06h (SPC-4)
 3      HISUP (bit 4) | RESPONSE DATA FORMAT 2
 4      ADDITIONAL LENGTH (91)
-5      no TPGS (ALUA is not advertised), no 3PC, no PROTECT
+5      3PC (bit 3: EXTENDED COPY); no TPGS (ALUA is not advertised), no PROTECT
 7      CMDQUE (bit 1)
 8-15   vendor ``CDP``, 16-31 product, 32-35 revision (ASCII, space padded)
 58-73  version descriptors: SAM-5, SPC-4, SBC-3 (libiscsi keys SBC-3 tests
@@ -17,9 +17,10 @@ byte   content
 =====  =====================================================================
 
 VPD pages: 00h supported pages, 80h unit serial, 83h device identification
-(NAA type 6 + T10 vendor id), B0h block limits, B1h block device
-characteristics (non-rotating), B2h logical block provisioning (thin, UNMAP
-and WRITE SAME unmap, deallocated blocks read as zeros).
+(NAA type 6 + T10 vendor id), 8Fh third-party copy (see :mod:`.xcopy`),
+B0h block limits, B1h block device characteristics (non-rotating), B2h
+logical block provisioning (thin, UNMAP and WRITE SAME unmap, deallocated
+blocks read as zeros).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def standard_inquiry(identity: DeviceIdentity) -> bytes:
     buf[2] = 0x06
     buf[3] = 0x10 | 0x02
     buf[4] = STANDARD_INQUIRY_LEN - 5
+    buf[5] = 0x08  # 3PC
     buf[7] = 0x02
     buf[8:16] = VENDOR.ljust(8).encode()
     buf[16:32] = identity.product.ljust(16).encode()
@@ -66,15 +68,27 @@ def _unit_serial(identity: DeviceIdentity, limits: BlockLimits) -> bytes:
     return _page(0x80, identity.unit_serial.encode())
 
 
-def _device_identification(identity: DeviceIdentity, limits: BlockLimits) -> bytes:
+def lu_designators(identity: DeviceIdentity) -> list[bytes]:
+    """The logical unit's designators (4-byte header + value) as VPD 83h lists
+    them; EXTENDED COPY recognises this LUN by any of them."""
     naa = _designator(0x01, 0x03, identity.naa)
     t10 = _designator(0x02, 0x01, VENDOR.ljust(8).encode() + identity.unit_serial.encode())
-    return _page(0x83, naa + t10)
+    return [naa, t10]
+
+
+def _device_identification(identity: DeviceIdentity, limits: BlockLimits) -> bytes:
+    return _page(0x83, b"".join(lu_designators(identity)))
+
+
+def _third_party_copy(identity: DeviceIdentity, limits: BlockLimits) -> bytes:
+    from .xcopy import third_party_copy_vpd_body  # xcopy imports this module
+
+    return _page(0x8F, third_party_copy_vpd_body())
 
 
 def _block_limits(identity: DeviceIdentity, limits: BlockLimits) -> bytes:
     body = bytearray(0x3C)  # page length 3Ch: the SBC-3 layout
-    body[0] = 0x01  # WSNZ: WRITE SAME with zero blocks is refused
+    body[0] = 0x00  # WSNZ 0: WRITE SAME with 0 blocks runs to the end of the medium
     body[1] = limits.max_compare_and_write
     body[2:4] = limits.granularity.to_bytes(2, "big")
     body[4:8] = limits.max_transfer.to_bytes(4, "big")
@@ -105,6 +119,7 @@ VPD_PAGES: dict[int, Callable[[DeviceIdentity, BlockLimits], bytes]] = {
     0x00: _supported_pages,
     0x80: _unit_serial,
     0x83: _device_identification,
+    0x8F: _third_party_copy,
     0xB0: _block_limits,
     0xB1: _block_device_characteristics,
     0xB2: _logical_block_provisioning,

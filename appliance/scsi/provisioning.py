@@ -1,10 +1,14 @@
 """Thin-provisioning commands (SBC-3/4): WRITE SAME(10/16), UNMAP, GET LBA STATUS.
 
-WRITE SAME: the NUMBER OF LOGICAL BLOCKS may not exceed the Block Limits
-MAXIMUM WRITE SAME LENGTH, and 0 is refused (WSNZ=1) rather than meaning
-"to the end of the medium".  A zero data block (or NDOB=1 on the 16-byte
-form) becomes ``write_zeros``, with ``unmap=True`` when the UNMAP bit is set;
-any other block is replicated in chunks of :data:`CHUNK_BYTES`.
+WRITE SAME: a NUMBER OF LOGICAL BLOCKS of 0 means "from the LBA to the end
+of the medium" (WSNZ=0).  The count (given or implied) may not exceed the
+Block Limits MAXIMUM WRITE SAME LENGTH (INVALID FIELD IN CDB pointing at
+the count), checked after the LBA (an LBA past the end is LOGICAL BLOCK
+ADDRESS OUT OF RANGE whatever the count).  The data-out buffer must be
+exactly one block, or empty with NDOB=1 on the 16-byte form; any other
+length is refused before anything is written.  A zero data block (or
+NDOB=1) becomes ``write_zeros``, with ``unmap=True`` when the UNMAP bit is
+set; any other block is replicated in chunks of :data:`CHUNK_BYTES`.
 
 UNMAP parameter list (SBC-3 5.28.2): bytes 0-1 UNMAP DATA LENGTH (n-1),
 2-3 UNMAP BLOCK DESCRIPTOR DATA LENGTH, 4-7 reserved, then 16-byte
@@ -26,9 +30,10 @@ from .backend import LbaRun, ProvisioningStatus, SupportsLbaStatus
 from .block_io import CHUNK_BYTES, data_out
 from .buffer import DataOut
 from .cdb import be, check_range, lba_and_length
-from .constants import Op
+from .constants import INVALID_FIELD_IN_COMMAND_IU, Op, SenseKey
 from .result import GOOD, ScsiResult, data_in
 from .sense import (
+    CheckCondition,
     invalid_field_in_cdb,
     invalid_field_in_parameter_list,
     lba_out_of_range,
@@ -48,12 +53,21 @@ def write_same(dev: ScsiDevice, cdb: bytes, data: DataOut) -> ScsiResult:
     lba, blocks, count_at = lba_and_length(cdb)
     unmap = bool(cdb[1] & UNMAP_BIT)
     ndob = cdb[0] == Op.WRITE_SAME_16 and bool(cdb[1] & NDOB)
+    capacity = dev.capacity()
+    if lba > capacity:
+        raise lba_out_of_range()
+    if blocks == 0:
+        blocks = capacity - lba  # WSNZ=0: to the end of the medium
     if blocks > dev.limits.max_write_same:
         raise invalid_field_in_cdb(count_at)
-    check_range(lba, blocks, dev.capacity())
-    if blocks == 0:
-        raise invalid_field_in_cdb(count_at)  # WSNZ=1
+    check_range(lba, blocks, capacity)
     bs = dev.block_size
+    if len(data) != (0 if ndob else bs):
+        # One logical block of data-out (none with NDOB): anything else is a
+        # transfer that does not match the CDB.
+        raise CheckCondition.of(SenseKey.ILLEGAL_REQUEST, INVALID_FIELD_IN_COMMAND_IU)
+    if blocks == 0:
+        return GOOD  # the LBA is the capacity: nothing to the end
     block = bytes(bs) if ndob else bytes(data_out(data, bs))
     backend = dev.backend
     if block == bytes(bs):

@@ -82,7 +82,7 @@ def test_read_capacity16(dev):
     d = bytes(assert_good(dev.execute(read_capacity16())).data)
     assert d[:8] == be(BLOCKS - 1, 8) and d[8:12] == be(BS, 4)
     assert d[12] == 0  # no protection
-    assert d[13] == 0  # LBPPBE 0
+    assert d[13] == 3  # LBPPBE 3: 4 KiB physical blocks (the granularity) of 512 bytes
     assert d[14] == 0xC0 and d[15] == 0  # LBPME | LBPRZ, lowest aligned LBA 0
     assert d[16:] == bytes(16)
     assert bytes(dev.execute(read_capacity16(alloc=12)).data) == d[:12]
@@ -132,7 +132,7 @@ def test_pre_fetch(dev, backend, op, build):
     assert backend.ops == []
 
 
-@pytest.mark.parametrize("op", [0x01, 0x04, 0x07, 0x1E, 0x2B, 0x3B, 0x4D, 0x5E, 0x83, 0xA0, 0xFF])
+@pytest.mark.parametrize("op", [0x01, 0x04, 0x07, 0x1E, 0x2B, 0x3B, 0x4D, 0x5E, 0x86, 0xA0, 0xFF])
 def test_unsupported_opcodes(dev, op):
     s = illegal(dev.execute(bytes([op]) + bytes(15)), 0x20, 0x00)
     assert len(s) == 18

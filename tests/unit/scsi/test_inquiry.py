@@ -17,7 +17,7 @@ def test_standard_inquiry_layout(dev):
     assert d[1] == 0x00  # not removable
     assert d[2] == 0x06  # SPC-4
     assert d[3] == 0x12  # HiSup | response data format 2; no AERC/TrmTsk/NormACA
-    assert d[5] == 0x00  # no TPGS, 3PC or PROTECT
+    assert d[5] == 0x08  # 3PC (EXTENDED COPY); no TPGS or PROTECT
     assert d[6] == 0x00
     assert d[7] == 0x02  # CmdQue
     assert d[8:16] == b"CDP     "
@@ -56,7 +56,7 @@ def vpd(dev, page, alloc=1024) -> bytes:
 
 
 def test_supported_pages(dev):
-    assert vpd(dev, 0x00) == bytes.fromhex("00 00 0006 00 80 83 b0 b1 b2")
+    assert vpd(dev, 0x00) == bytes.fromhex("00 00 0007 00 80 83 8f b0 b1 b2")
 
 
 def test_unit_serial_is_stable_hash_of_volume_id(dev):
@@ -94,7 +94,7 @@ def test_naa_is_stable_and_distinct_per_volume():
 def test_block_limits(dev):
     d = vpd(dev, 0xB0)
     assert len(d) == 64 and d[3] == 0x3C  # SBC-3 page length (libiscsi)
-    assert d[4] == 0x01  # WSNZ
+    assert d[4] == 0x00  # WSNZ 0: WRITE SAME with 0 blocks runs to the end
     assert d[5] == 4  # max compare and write (fixture)
     assert int.from_bytes(d[6:8], "big") == 8  # 4 KiB granularity / 512
     assert int.from_bytes(d[8:12], "big") == 128  # 64 KiB max transfer / 512
@@ -104,7 +104,7 @@ def test_block_limits(dev):
     assert int.from_bytes(d[24:28], "big") == 256  # max unmap descriptors
     assert int.from_bytes(d[28:32], "big") == 8  # optimal unmap granularity
     assert int.from_bytes(d[32:36], "big") == 0  # no UGAVALID
-    assert int.from_bytes(d[36:44], "big") == (512 << 20) // 512  # max write same
+    assert int.from_bytes(d[36:44], "big") == 128  # max write same: capped at max transfer
     assert d[44:] == bytes(20)
 
 

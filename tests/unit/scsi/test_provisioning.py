@@ -38,10 +38,10 @@ def write(dev, lba, data):
 @pytest.mark.parametrize("build,op,_", WS)
 def test_write_same_replicates_the_block(dev, backend, build, op, _):
     block = bytes(range(256)) * (BS // 256)
-    assert_good(dev.execute(build(op, 20, 300), block))
-    assert backend.data[20 * BS : 320 * BS] == block * 300
+    assert_good(dev.execute(build(op, 20, 100), block))
+    assert backend.data[20 * BS : 120 * BS] == block * 100
     assert backend.data[19 * BS : 20 * BS] == bytes(BS)
-    assert backend.data[320 * BS : 321 * BS] == bytes(BS)
+    assert backend.data[120 * BS : 121 * BS] == bytes(BS)
     assert all(o[0] == "write" and o[3] is False for o in backend.ops)
 
 
@@ -74,23 +74,45 @@ def test_write_same16_ndob(dev, backend):
     backend.ops.clear()
     assert_good(dev.execute(rw16(0x93, 1, 2, byte1=UNMAP | 0x01)))  # no data-out at all
     assert backend.ops == [("write_zeros", BS, 2 * BS, True)]
-    assert_good(dev.execute(rw16(0x93, 0, 1, byte1=0x01), b"ignored" * 100))
+    assert_good(dev.execute(rw16(0x93, 0, 1, byte1=0x01)))
     assert backend.ops[-1] == ("write_zeros", 0, BS, False)
+    # NDOB with a data-out buffer is a transfer the CDB does not describe.
+    illegal(dev.execute(rw16(0x93, 0, 1, byte1=0x01), bytes(BS)), 0x0E, 0x03)
+    assert len(backend.ops) == 2
     # NDOB exists only in the 16-byte form.
     illegal(dev.execute(rw10(0x41, 0, 1, byte1=0x01), bytes(BS)), 0x24, field=1, bit=0)
 
 
 @pytest.mark.parametrize("build,op,field", WS)
-def test_write_same_zero_blocks_refused_wsnz(dev, backend, build, op, field):
-    illegal(dev.execute(build(op, 0, 0), bytes(BS)), 0x24, field=field)
+def test_write_same_zero_blocks_runs_to_the_end(dev, backend, build, op, field):
+    """WSNZ=0: 0 blocks means LBA..end, within MAXIMUM WRITE SAME LENGTH (128)."""
+    max_ws = dev.limits.max_write_same
+    assert max_ws == 128
+    illegal(dev.execute(build(op, 0, 0), bytes(BS)), 0x24, field=field)  # 2048 > 128
+    illegal(dev.execute(build(op, BLOCKS - max_ws - 1, 0), bytes(BS)), 0x24, field=field)
     illegal(dev.execute(build(op, BLOCKS + 1, 0), bytes(BS)), 0x21)  # range first
     illegal(dev.execute(build(op, 0x80000000, 0), bytes(BS)), 0x21)
+    assert backend.ops == []
+    assert_good(dev.execute(build(op, BLOCKS, 0), bytes(BS)))  # nothing left to write
+    assert backend.ops == []
+    assert_good(dev.execute(build(op, BLOCKS - max_ws, 0), b"\x77" * BS))
+    assert backend.data[(BLOCKS - max_ws) * BS :] == b"\x77" * (max_ws * BS)
+    assert backend.data[(BLOCKS - max_ws - 1) * BS : (BLOCKS - max_ws) * BS] == bytes(BS)
+    assert_good(dev.execute(build(op, BLOCKS - 3, 0, byte1=UNMAP), bytes(BS)))
+    assert backend.ops[-1] == ("write_zeros", (BLOCKS - 3) * BS, 3 * BS, True)
+
+
+@pytest.mark.parametrize("build,op,_", WS)
+def test_write_same_data_out_must_be_one_block(dev, backend, build, op, _):
+    illegal(dev.execute(build(op, 0, 1, byte1=UNMAP), bytes(BS // 2)), 0x0E, 0x03)
+    illegal(dev.execute(build(op, 0, 1, byte1=UNMAP), bytes(2 * BS)), 0x0E, 0x03)
+    illegal(dev.execute(build(op, 0, 1), b"x" * (2 * BS)), 0x0E, 0x03)
     assert backend.ops == []
 
 
 @pytest.mark.parametrize("build,op,field", WS)
 def test_write_same_limits_and_flags(dev, backend, build, op, field):
-    max_ws = (512 << 20) // BS
+    max_ws = dev.limits.max_write_same
     big = min(max_ws + 1, 0xFFFF) if op == 0x41 else max_ws + 1
     if big > max_ws:
         illegal(dev.execute(build(op, 0, big), b"x" * BS), 0x24, field=field)
