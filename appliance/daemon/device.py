@@ -48,6 +48,8 @@ from appliance.scsi.constants import Status
 from appliance.tcmu import Command, CommandRing, RingError, TmrNotification
 from appliance.tcmu import layout as L
 
+from . import faults
+
 log = structlog.get_logger("cdp.handler.device")
 
 TMR_NAMES = {
@@ -297,6 +299,7 @@ class TcmuDevice:
         self._kick_self()
 
     def _execute(self, cmd: Command, queued_at: float) -> _Done:
+        faults.before_execute(self.name, cmd.cdb)  # tests only (CDP_HANDLER_FAULTS)
         if cmd in self._aborted:
             self.stats.aborted += 1
             return _Done(cmd, Status.BUSY, b"", None)
