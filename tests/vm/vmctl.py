@@ -136,6 +136,10 @@ class VM:
     extra_cmdline: str = ""
     boot_timeout: float = 600
     keep_workdir: bool = False
+    # The root overlay's host cache mode.  "unsafe" ignores the guest's flushes
+    # (fast); a VM that will lose power (power_cut) needs "writeback", or qemu's
+    # qcow2 metadata may not be on the host when it is killed.
+    root_cache: str = "unsafe"
 
     def __post_init__(self) -> None:
         self.proc: subprocess.Popen | None = None
@@ -143,6 +147,7 @@ class VM:
         self._own_workdir = self.workdir is None
         self.boot_seconds: float | None = None
         self._started_at = 0.0
+        self._reuse_disks = False
 
     # -- paths -------------------------------------------------------------
     @property
@@ -187,6 +192,8 @@ class VM:
             self.workdir = Path(tempfile.mkdtemp(prefix="cdp-vm-"))
         self.workdir = Path(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self._reuse_disks:
+            return
         self.overlay.unlink(missing_ok=True)
         _run(
             ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
@@ -217,8 +224,8 @@ class VM:
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
             # Root first, as an explicit device: it gets the lowest PCI slot and so is
             # /dev/vda.  (With if=virtio it would be created after the -device disks.)
-            "-drive", f"file={self.overlay},format=qcow2,if=none,id=root,cache=unsafe,"
-            "discard=unmap",
+            "-drive", f"file={self.overlay},format=qcow2,if=none,id=root,"
+            f"cache={self.root_cache},discard=unmap",
             "-device", "virtio-blk-pci,drive=root,serial=root",
             "-netdev", f"user,id=n0,restrict=on,{fwd}",
             "-device", "virtio-net-pci,netdev=n0",
@@ -404,6 +411,28 @@ class VM:
         self._stop_master()
         self.proc = None
         return clean
+
+    def power_cut(self) -> None:
+        """Pull the plug: SIGKILL qemu.  The guest's page cache and its in-flight
+        I/O are lost; what its virtio writes completed is in the host files
+        (give disks ``cache="none"`` and the VM ``root_cache="writeback"``)."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+        self._stop_master()
+        self.ssh_control.unlink(missing_ok=True)  # the master died with the guest
+        self.proc = None
+
+    def boot_again(self) -> float:
+        """Boot the same root overlay and disks again (after ``power_cut`` or
+        ``shutdown``); returns the seconds to SSH."""
+        self._reuse_disks = True
+        try:
+            self.start()
+            return self.wait_ssh()
+        finally:
+            self._reuse_disks = False
 
     def _wait_exit(self, timeout: float) -> bool:
         try:
