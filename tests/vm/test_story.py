@@ -25,6 +25,7 @@ if it is missing: ~10 min, then ~10 min for the story under TCG).
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 
@@ -150,7 +151,7 @@ def test_ransomware_restore_while_reading(appliance):
     # Restore while the file system is read: the job runs in the background.
     sh(vm, f"umount {MNT}; {drop_caches(dev)}")
     out = cdp(vm, "/cdp/demo restore point=good wait=false")
-    job = next(w for w in out.split() if w.startswith("restore-"))
+    job = re.search(r"restore-\d+", out).group(0)
     running = "running" in cdp(vm, "/cdp/demo jobs")
     sh(vm, f"mount -o ro {dev} {MNT} && cd {MNT} && sha256sum -c --quiet /root/good.sha256")
     print(f"\nrestore {job} still running at the first read: {running}")
