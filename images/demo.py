@@ -47,6 +47,7 @@ INITIATOR_IQN = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test"
 INITIATOR_IQN_2 = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2"
 VOLUME = "demo"
 LUN_SIZE = "1G"  # the whole primary disk
+CMD_TIME_OUT = 180  # seconds; TCMU's default of 30 is shorter than a daemon restart under TCG
 TARGETCLI = "/usr/bin/targetcli"  # Debian's shell; root's `targetcli` is targetcli-cdp
 
 
@@ -111,6 +112,10 @@ def targetcli_script(ident: dict[str, str]) -> str:
     lines = [
         f"/backstores/user:cdp create name={VOLUME} size={LUN_SIZE} cfgstring={cfg}"
         " hw_max_sectors=16384",
+        # How long the kernel holds a command for the daemon before failing it
+        # (NOT READY): long enough for a restart of the daemon (systemd
+        # Restart=on-failure) under load; settable only before the LUN exists.
+        f"/backstores/user:cdp/{VOLUME} set attribute cmd_time_out={CMD_TIME_OUT}",
         f"/iscsi create {iqn}",
         f"{tpg}/luns create /backstores/user:cdp/{VOLUME} add_mapped_luns=false",
     ]

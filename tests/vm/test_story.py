@@ -189,6 +189,12 @@ def test_daemon_sigkill_under_fio_verify(appliance):
         " --ioengine=libaio --iodepth=16 --direct=1 --verify=crc32c --do_verify=1"
         " --verify_fatal=1 --output-format=terse > /root/fio.out 2>&1; echo $? > /root/fio.rc"
     )
+    # The target holds commands up to cmd_time_out (180 s, images/demo.py) while
+    # the daemon restarts; the initiator must not give up on them first.
+    dev = sh(vm, f"basename $(readlink -f {lun_dev(vm.ident['IQN'], 0)})").stdout.strip()
+    sh(vm, f"echo 300 > /sys/block/{dev}/device/timeout")
+    attr = f"/sys/kernel/config/target/core/user_*/{demo.VOLUME}/attrib/cmd_time_out"
+    assert sh(vm, f"cat {attr}").stdout.strip() == str(demo.CMD_TIME_OUT)
     sh(vm, f"rm -f /root/fio.rc; ({fio}) >/dev/null 2>&1 &")
     time.sleep(8)
     sh(vm, "systemctl kill -s KILL cdp-handlerd")
