@@ -335,7 +335,8 @@ def explain(test: str, backstore: str, message: str = "") -> tuple[str, str]:
 # -- running ---------------------------------------------------------------------
 
 
-def _host(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+def _host(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    # errors="replace": iscsi-inq prints binary designators (NAA) as raw bytes.
     return subprocess.run(
         argv,
         stdin=subprocess.DEVNULL,

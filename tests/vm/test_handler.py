@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 
@@ -55,29 +54,9 @@ exit
 """
 
 
-def _host(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-    # errors="replace": iscsi-inq prints binary designators (NAA) as raw bytes.
-    return subprocess.run(
-        argv,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=timeout,
-    )
-
-
-def start_daemon(vm: vmctl.VM, timeout: int = 180) -> float:
-    """Start cdp-handlerd in the guest; seconds until it logged ``daemon.ready``."""
-    t0 = time.monotonic()
-    vm.ssh(
-        f"n=$(grep -c daemon.ready {LOG} 2>/dev/null); n=${{n:-0}};"
-        f" (setsid /opt/cdp/venv/bin/cdp-handlerd >> {LOG} 2>&1 < /dev/null &);"
-        f" for i in $(seq {2 * timeout}); do"
-        f'  [ "$(grep -c daemon.ready {LOG})" -gt "$n" ] && exit 0; sleep 0.5; done; exit 1',
-        timeout=timeout + 30,
-    )
-    return time.monotonic() - t0
+# One definition of each, shared with the conformance runner.
+_host = conformance._host
+start_daemon = conformance.start_daemon
 
 
 def log_events(vm: vmctl.VM) -> list[dict]:
