@@ -16,6 +16,14 @@ from configfs by rtslib and cannot carry extra keys, hence a file of our own.
      "exposed": [{"name": "vol0-1200", "volume": "vol0", "seq": 1200,
                   "writable": true}]}
 
+The images exposed *now* are also kept in ``<root>/exposed.json`` (same
+format number; ``{"format": 1, "boot_id": "…", "exposed": [...]}``), rewritten
+on every expose and unexpose.  A daemon restarted in the same boot (same
+``/proc/sys/kernel/random/boot_id``) re-exposes them, because LIO still has
+the backstores that serve them; after a reboot LIO restores its *saved*
+configuration, so the daemon applies the saved ``cdp.json`` instead and the
+file is ignored -- the same rule LIO follows.
+
 Written like rtslib's ``save_to_file`` but without its flaws: a temp file
 created exclusively with mode 0600 (no umask change), fsync, rename over the
 old file, fsync of the folder.
@@ -79,6 +87,34 @@ def dump(volumes: list[dict], exposed: list[dict]) -> bytes:
         "exposed": exposed,
     }
     return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def dump_exposed(exposed: list[dict], boot_id: str) -> bytes:
+    """The running exposures (``<root>/exposed.json``): see the module docstring."""
+    doc = {"format": FORMAT, "boot_id": boot_id, "exposed": exposed}
+    return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def load_exposed(path: str) -> tuple[str, list[dict]]:
+    """``(boot_id, exposed)`` of a running-exposures file; ``("", [])`` if there
+    is none; ``ControlError`` if it is not one."""
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read())
+    except FileNotFoundError:
+        return "", []
+    except OSError as exc:
+        raise ControlError("io_error", f"{path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ControlError("bad_argument", f"{path} is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ControlError("bad_argument", f"{path}: not a format {FORMAT} exposures file")
+    boot_id, exposed = doc.get("boot_id"), doc.get("exposed")
+    if not isinstance(boot_id, str) or not isinstance(exposed, list):
+        raise ControlError("bad_argument", f"{path}: 'boot_id' or 'exposed' missing")
+    for i, e in enumerate(exposed):
+        _check(e, EXPOSED_KEYS, f"{path}: exposed[{i}]")
+    return boot_id, exposed
 
 
 def _check(item: object, keys: dict, where: str) -> dict:

@@ -6,6 +6,9 @@ Layout under the state root (``/var/lib/cdp`` on the appliance)::
                                holds primary, secondary, size, mode)
     <root>/cdp.json            the saved cdp configuration (config.py), unless
                                another file is named
+    <root>/exposed.json        the images exposed now, with the boot they were
+                               exposed in (config.py): re-exposed by a daemon
+                               restarted in the same boot
 
 Contract of every public method: it runs on any thread (the server calls it
 from a thread pool), returns plain JSON-able data, and fails with
@@ -47,6 +50,17 @@ log = structlog.get_logger("cdp.control")
 
 POINT_KINDS = ("baseline", "bookmark", "map")
 CONFIG_FILE = "cdp.json"
+EXPOSED_STATE = "exposed.json"
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+
+
+def current_boot_id() -> str:
+    """This boot's id (the kernel's ``boot_id``); ``""`` where there is none."""
+    try:
+        with open(BOOT_ID_FILE) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 class VolumeManager:
@@ -59,8 +73,11 @@ class VolumeManager:
         config_file: str | None = None,
         open_options: dict | None = None,
         volumes_dir: str | None = None,
+        boot_id: str | None = None,
     ):
         self.root = os.path.abspath(root)
+        self.boot_id = current_boot_id() if boot_id is None else boot_id
+        self.exposed_state = os.path.join(self.root, EXPOSED_STATE)
         self.volumes_dir = os.path.abspath(volumes_dir or os.path.join(self.root, "volumes"))
         self.config_file = config_file or os.path.join(self.root, CONFIG_FILE)
         self.open_options = dict(open_options or {})
@@ -68,15 +85,17 @@ class VolumeManager:
         self._vols: dict[str, ProtectedVolume] = {}
         self._broken: dict[str, str] = {}  # volumes that failed to open: why
         self._served: dict[str, str] = {}  # volume or image name -> backstore serving it
+        self._implicit: set[str] = set()  # images exposed only for a backstore
         self.images = ImageRegistry()
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self, *, apply_config: bool = True) -> dict:
-        """Open every volume folder; then re-expose images and re-set retention
-        from the saved configuration, if there is one (volumes are never created
-        at start)."""
+        """Open every volume folder; re-expose the images exposed when a daemon
+        of this same boot stopped (``exposed.json``); then re-expose images and
+        re-set retention from the saved configuration, if there is one (volumes
+        are never created at start)."""
         os.makedirs(self.volumes_dir, mode=0o700, exist_ok=True)
         for name in sorted(os.listdir(self.volumes_dir)):
             folder = os.path.join(self.volumes_dir, name)
@@ -89,6 +108,7 @@ class VolumeManager:
                 self._broken[name] = str(exc)
                 log.error("volume.open_failed", volume=name, error=str(exc))
         log.info("control.volumes_opened", volumes=sorted(self._vols), failed=sorted(self._broken))
+        self._reexpose_running()
         if apply_config and os.path.exists(self.config_file):
             return self.restoreconfig(create_missing=False)
         return {"file": None, "errors": []}
@@ -163,12 +183,14 @@ class VolumeManager:
                     )
                 ex = self.images.add(volume, vol, ref, False, None)
                 implicit = True
+                self._implicit.add(ex.name)
             elif ex.volume != volume:
                 raise ControlError("not_found", f"image {image} belongs to {ex.volume}")
             try:
                 self._claim(ex.name, backstore)
             except ControlError:
                 if implicit:
+                    self._implicit.discard(ex.name)
                     self.images.remove(ex.name, volume, discard=True)
                 raise
             return ex, implicit
@@ -186,6 +208,7 @@ class VolumeManager:
         with self._lock:
             self._served.pop(name, None)
             if implicit_image and self.images.get(name) is not None:
+                self._implicit.discard(name)
                 self.images.remove(name, None, discard=True)
 
     def served_by(self, name: str) -> str | None:
@@ -533,9 +556,19 @@ class VolumeManager:
     def expose(
         self, volume: str, point: str | int, writable: bool = False, name: str | None = None
     ) -> dict:
-        """Open an image of ``point`` and keep it by ``name`` (default ``<volume>-<seq>``)."""
+        """Open an image of ``point`` and keep it by ``name`` (default ``<volume>-<seq>``).
+
+        The exposure is durable (``exposed.json``) before this returns; if it
+        cannot be written the image is closed again and the call fails."""
         vol = self.get(volume)
-        return self.images.add(volume, vol, parse_point(point), writable, name).to_dict()
+        with self._lock:
+            ex = self.images.add(volume, vol, parse_point(point), writable, name)
+            try:
+                self._save_running()
+            except BaseException:
+                self.images.remove(ex.name, volume, discard=False)
+                raise
+        return ex.to_dict()
 
     def unexpose(
         self, name: str | None = None, volume: str | None = None, discard: bool = True
@@ -546,6 +579,8 @@ class VolumeManager:
         with self._lock:
             self._refuse_if_served(self.images.find(name, volume).name, "image")
             ex = self.images.remove(name, volume, discard)
+            self._implicit.discard(ex.name)
+            self._save_running()
         return {**ex.to_dict(), "discarded": bool(ex.writable and discard)}
 
     def exposed(self, volume: str | None = None) -> list[dict]:
@@ -555,6 +590,45 @@ class VolumeManager:
                 {**e.to_dict(), "served_by": self._served.get(e.name)}
                 for e in self.images.of(volume)
             ]
+
+    def _save_running(self) -> None:
+        """Rewrite ``exposed.json``: the images exposed by name now (not those
+        a backstore exposed for itself: its cfgstring brings them back)."""
+        exposed = [
+            {"name": e.name, "volume": e.volume, "seq": e.seq, "writable": e.writable}
+            for e in self.images.of()
+            if e.name not in self._implicit
+        ]
+        cfgfile.write_atomic(self.exposed_state, cfgfile.dump_exposed(exposed, self.boot_id))
+
+    def _reexpose_running(self) -> None:
+        """At start: re-expose what a daemon of this boot had exposed.  Another
+        boot's file is ignored (LIO restored its saved configuration; the saved
+        ``cdp.json`` is what matches it) and rewritten."""
+        try:
+            boot_id, exposed = cfgfile.load_exposed(self.exposed_state)
+        except ControlError as exc:
+            log.error("control.exposed_state_unreadable", file=self.exposed_state, error=str(exc))
+            exposed, boot_id = [], ""
+        if not self.boot_id or boot_id != self.boot_id:
+            exposed = []
+        for e in exposed:
+            try:
+                self.images.add(
+                    e["volume"],
+                    self.get(e["volume"]),
+                    parse_point(e["seq"]),
+                    e["writable"],
+                    e["name"],
+                )
+            except (ControlError, CdpError, OSError) as exc:
+                log.error("control.reexpose_failed", image=e["name"], error=str(exc))
+        if exposed:
+            log.info("control.reexposed", images=[e["name"] for e in exposed])
+        try:
+            self._save_running()
+        except OSError as exc:
+            log.error("control.exposed_state_write_failed", file=self.exposed_state, error=str(exc))
 
     # ------------------------------------------------------------ configuration
 

@@ -208,14 +208,6 @@ def test_daemon_sigkill_under_fio_verify(appliance):
     assert "ring is broken" not in dmesg and "blocked for more than" not in dmesg
 
 
-@pytest.mark.xfail(
-    reason="known bug: exposed images live only in the daemon's memory until "
-    "saveconfig. The SIGKILL step restarts the daemon; the new one cannot serve the "
-    "demo@demo-good backstore (no such image, no such bookmark), so the later "
-    "saveconfig and the reboot lose it. Fix: persist exposures on every expose/unexpose "
-    "and re-expose them at start. Target, LUN 0 and the bookmark did come back.",
-    strict=False,
-)
 def test_reboot_brings_target_volume_points_back(appliance):
     vm = appliance
     iqn = vm.ident["IQN"]

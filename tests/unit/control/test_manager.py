@@ -68,7 +68,7 @@ def test_saveconfig_to_a_named_file(client, vol0, tmp_path):
     assert not [n for n in os.listdir(os.path.dirname(path)) if ".tmp" in n]
 
 
-def test_restart_reopens_volumes_and_reexposes_images(tmp_path):
+def test_reboot_reopens_volumes_and_reexposes_saved_images(tmp_path):
     root = tmp_path / "root"
     srv = ServerThread(root).start()
     try:
@@ -82,12 +82,92 @@ def test_restart_reopens_volumes_and_reexposes_images(tmp_path):
         c.call("saveconfig")
     finally:
         srv.stop()
-    mgr = VolumeManager(str(root))
+    mgr = VolumeManager(str(root), boot_id="another-boot")
     try:
         out = mgr.start()
         assert out["exposed"] == ["img"] and out["errors"] == []
         assert mgr.images.get("img").image.read(0, 512) == b"w" * 512
         assert [v["name"] for v in mgr.volumes()] == ["vol0"]
+    finally:
+        mgr.close()
+
+
+def _running(root) -> dict:
+    doc = json.loads((root / "exposed.json").read_text())
+    return {e["name"]: (e["seq"], e["writable"]) for e in doc["exposed"]}
+
+
+def test_restart_in_the_same_boot_reexposes_without_saveconfig(tmp_path):
+    """Regression (story step 5): a daemon killed after ``expose`` and before
+    any ``saveconfig`` came back without the image, so LIO's ``vol@image``
+    backstore could no longer be served.  Exposures are durable when
+    ``expose`` returns; a restart in the same boot brings them back, a reboot
+    (another boot id) does not: then the saved configuration rules."""
+    root = tmp_path / "root"
+    mgr = VolumeManager(str(root), boot_id="boot-1")
+    mgr.start()
+    try:
+        make_volume(mgr, tmp_path)
+        vol = mgr.get("vol0")
+        vol.write(0, b"a" * 4096)
+        vol.bookmark("b")
+        vol.write(0, b"z" * 4096)
+        vol.flush()
+        ro = mgr.expose("vol0", "b", name="ro")
+        mgr.expose("vol0", "b", writable=True, name="rw")
+        mgr.images.get("rw").image.write(512, b"w" * 512)
+        mgr.expose("vol0", "b", name="gone")
+        mgr.unexpose("gone")
+        mgr.attach_image("vol0", "b", "user/0/implicit")  # a backstore's own: not kept
+        assert _running(root) == {"ro": (ro["seq"], False), "rw": (ro["seq"], True)}
+        assert stat.S_IMODE(os.stat(root / "exposed.json").st_mode) == 0o600
+        mgr.images.flush()
+    finally:
+        mgr.close()
+    again = VolumeManager(str(root), boot_id="boot-1")
+    try:
+        out = again.start()
+        assert out == {"file": None, "errors": []}  # no saveconfig was ever made
+        assert sorted(e["name"] for e in again.exposed()) == ["ro", "rw"]
+        assert again.images.get("ro").image.read(0, 4096) == b"a" * 4096
+        assert again.images.get("rw").image.read(0, 1024) == b"a" * 512 + b"w" * 512
+        again.attach_image("vol0", "ro", "user/1/vol0@ro")
+        assert again.served_by("ro") == "user/1/vol0@ro"
+    finally:
+        again.close()
+    rebooted = VolumeManager(str(root), boot_id="boot-2")
+    try:
+        rebooted.start()
+        assert rebooted.exposed() == []
+        assert _running(root) == {}
+    finally:
+        rebooted.close()
+
+
+def test_an_unreadable_exposures_file_is_logged_not_fatal(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "exposed.json").write_text("{not json")
+    mgr = VolumeManager(str(root), boot_id="b")
+    try:
+        mgr.start()
+        assert mgr.exposed() == [] and _running(root) == {}
+    finally:
+        mgr.close()
+
+
+def test_expose_is_refused_when_the_exposures_file_cannot_be_written(tmp_path):
+    root = tmp_path / "root"
+    mgr = VolumeManager(str(root), boot_id="b")
+    mgr.start()
+    try:
+        make_volume(mgr, tmp_path)
+        mgr.get("vol0").bookmark("b")
+        os.unlink(root / "exposed.json")
+        os.mkdir(root / "exposed.json")  # rename over a folder fails
+        with pytest.raises(OSError):
+            mgr.expose("vol0", "b", name="x")
+        assert mgr.exposed() == []
     finally:
         mgr.close()
 
