@@ -4,9 +4,11 @@ Write path (one write; the step names are the ones docs/DURABILITY.md uses):
 
 W1. validate (block multiples, inside the volume) -- a refused call changes nothing;
 W2. checksum the payload (outside any lock);
-W3. under the volume's order lock: write the primary, then append the record
-    (this assigns the sequence number and the journal address), so that
-    overlapping writes reach the primary, the journal and every image in
+W3. holding the write's range of the volume's order lock (orderlock.py:
+    overlapping writes wait for each other, disjoint ones run side by side,
+    during a restore each write is exclusive): write the primary, then append
+    the record (this assigns the sequence number and the journal address), so
+    that overlapping writes reach the primary, the journal and every image in
     sequence order;
 W4. return the sequence number.  The write is *acknowledged as durable* only
     when a later ``flush()`` (or ``fua=True`` on the write) returns: the
@@ -25,7 +27,6 @@ import json
 import os
 import re
 import sqlite3
-import threading
 import time
 import uuid as uuidlib
 
@@ -54,6 +55,7 @@ from .image import Image, Point, WritableImage
 from .jobs import Job
 from .journal import Journal, list_segments, segment_path
 from .mapengine import MapEngine
+from .orderlock import OrderLock
 from .protection import DEFAULT_REGION_SIZE, MODES, Protection
 from .retention import read_checkpoint
 
@@ -230,7 +232,7 @@ class ProtectedVolume(Protection):
         except FileNotFoundError:
             raise VolumeNotFound(f"primary {self.primary_path} is missing") from None
         self._closed = False
-        self._order_lock = threading.RLock()
+        self._order_lock = OrderLock()
         self._init_protection()
         self._pending_names: set[str] = set()
         self.baseline_job: Job | None = None
@@ -462,7 +464,12 @@ class ProtectedVolume(Protection):
             self._drl.mark(off, len(piece) if kind == R.WRITE else piece, pin=pinned)
         faults.point("write.after_drl", offset=pieces[0][0])
         rec = None
-        with self._order_lock:
+        start = pieces[0][0]
+        last_off, last = pieces[-1]
+        end = last_off + (len(last) if kind == R.WRITE else last)
+        # Disjoint writes overlap; during a restore each write is exclusive
+        # (restore-before-write works on whole regions).
+        with self._order_lock.write_range(start, end, self._restoring):
             for i, ((off, piece), pcrc) in enumerate(zip(pieces, crcs, strict=True)):
                 n = len(piece) if kind == R.WRITE else piece
                 if self._restore is not None:
@@ -489,6 +496,9 @@ class ProtectedVolume(Protection):
         if fua:
             self._sync(rec.seq if rec is not None else None)
         return rec.seq if rec is not None else None
+
+    def _restoring(self) -> bool:
+        return self._restore is not None
 
     def compare_and_write(self, offset: int, expected, new, *, fua: bool = False) -> int | None:
         """Atomically: if the live bytes at ``offset`` equal ``expected``, write ``new``.

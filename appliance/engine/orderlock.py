@@ -1,0 +1,123 @@
+"""The volume's order lock: host writes to disjoint ranges overlap, everything else is exclusive.
+
+What it guarantees (the write path's W3 in volume.py): for any two host
+writes that *overlap*, one finishes both its primary write and its journal
+append before the other starts either, so the journal orders them as the
+primary saw them.  Writes to disjoint ranges need no order between them and
+run side by side (the handler has several workers; ``pwrite`` releases the
+GIL).
+
+Everything else that used to hold the one lock -- bookmarks, COMPARE AND
+WRITE, restore's copier and restore-before-write, re-baseline's fix-up, the
+baseline copier, a journal restart -- takes it **exclusively**: it waits
+until no write range is held and keeps new ones out.  ``with lock:`` is the
+exclusive form, re-entrant in its own thread, so these call sites read as
+they did with an ``RLock``.  A thread that holds it exclusively and then
+writes (COMPARE AND WRITE) passes through :meth:`OrderLock.write_range`.
+
+Fairness: a waiting exclusive holder stops new ranges from being granted,
+so a bookmark is never starved by a stream of writes.  A thread must not ask
+for the exclusive lock while it holds a range (it would wait for itself).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+
+class OrderLock:
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: int | None = None  # thread holding it exclusively
+        self._depth = 0
+        self._x_waiting = 0
+        self._ranges: dict[int, tuple[int, int]] = {}
+        self._next = 0
+
+    # ------------------------------------------------------------ exclusive
+
+    def __enter__(self) -> OrderLock:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return self
+            self._wait_exclusive(me)
+        return self
+
+    def _wait_exclusive(self, me: int) -> None:
+        """Condition held: wait for no owner and no range, then own it."""
+        self._x_waiting += 1
+        try:
+            while self._owner is not None or self._ranges:
+                self._cond.wait()
+        finally:
+            self._x_waiting -= 1
+        self._owner, self._depth = me, 1
+
+    def __exit__(self, *exc) -> None:
+        with self._cond:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("order lock released by a thread that does not hold it")
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._cond.notify_all()
+
+    # ------------------------------------------------------------ write ranges
+
+    def write_range(
+        self, start: int, end: int, exclusive_if: Callable[[], bool] | None = None
+    ) -> _Held:
+        """Hold ``[start, end)`` against overlapping writes and all exclusive
+        holders.  ``exclusive_if`` is asked when the range would be granted
+        (no exclusive holder then, so what it reads cannot change until this
+        is released); if true the lock is taken exclusively instead."""
+        return _Held(self, start, end, exclusive_if)
+
+    def _grant(self, start: int, end: int, exclusive_if) -> int | None:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return None
+            while (
+                self._owner is not None
+                or self._x_waiting
+                or any(s < end and start < e for s, e in self._ranges.values())
+            ):
+                self._cond.wait()
+            if exclusive_if is not None and exclusive_if():
+                self._wait_exclusive(me)
+                return None
+            token = self._next
+            self._next += 1
+            self._ranges[token] = (start, end)
+            return token
+
+    def _release(self, token: int | None) -> None:
+        if token is None:
+            self.__exit__(None, None, None)
+            return
+        with self._cond:
+            del self._ranges[token]
+            self._cond.notify_all()
+
+    def held_ranges(self) -> list[tuple[int, int]]:
+        """The write ranges held now (tests, diagnostics)."""
+        with self._cond:
+            return sorted(self._ranges.values())
+
+
+class _Held:
+    __slots__ = ("_lock", "_args", "_token")
+
+    def __init__(self, lock: OrderLock, start: int, end: int, exclusive_if) -> None:
+        self._lock, self._args, self._token = lock, (start, end, exclusive_if), None
+
+    def __enter__(self) -> None:
+        self._token = self._lock._grant(*self._args)
+
+    def __exit__(self, *exc) -> None:
+        self._lock._release(self._token)
