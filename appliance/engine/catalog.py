@@ -360,60 +360,68 @@ class Catalog:
 
         Merged levels are dropped (the map engine rebuilds them).  Returns the
         new level-0 chain in order.
+
+        Durable when this returns (``synchronous = FULL`` for this commit: the
+        WAL is synced), because the reclaim that follows deletes the segments
+        the old chain points at; with ``NORMAL`` a power loss could roll the
+        swap back after the reclaim (regression: chain_swap_durable_before_reclaim).
         """
         c = self.conn
         with self._lock:
-            c.execute("BEGIN IMMEDIATE")
+            c.execute("PRAGMA synchronous = FULL")
             try:
-                c.execute(
-                    "DELETE FROM extent WHERE map_id IN (SELECT id FROM delta_map WHERE level > 0)"
+                return self._replace_chain(c, coarse, keep_ids, drop_ids, drop_bookmarks, meta)
+            finally:
+                c.execute("PRAGMA synchronous = NORMAL")
+
+    def _replace_chain(self, c, coarse, keep_ids, drop_ids, drop_bookmarks, meta):
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute(
+                "DELETE FROM extent WHERE map_id IN (SELECT id FROM delta_map WHERE level > 0)"
+            )
+            c.execute("DELETE FROM delta_map WHERE level > 0")
+            for map_id in drop_ids:
+                c.execute("DELETE FROM extent WHERE map_id = ?", (map_id,))
+                c.execute("DELETE FROM delta_map WHERE id = ?", (map_id,))
+            c.execute("UPDATE delta_map SET idx = -1 - idx WHERE level = 0")
+            for idx, (m, em) in enumerate(coarse):
+                cur = c.execute(
+                    "INSERT INTO delta_map (level, idx, first_seq, last_seq, first_time_ns, "
+                    "last_time_ns, j_first, j_last, j_end, records, extents, suspect, fixup) "
+                    "VALUES (0, ?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?, ?)",
+                    (
+                        idx,
+                        m["first_seq"],
+                        m["last_seq"],
+                        m["first_time_ns"],
+                        m["last_time_ns"],
+                        m["j_last"],
+                        m["j_end"],
+                        len(em),
+                        int(m.get("suspect", False)),
+                        int(m.get("fixup", False)),
+                    ),
                 )
-                c.execute("DELETE FROM delta_map WHERE level > 0")
-                for map_id in drop_ids:
-                    c.execute("DELETE FROM extent WHERE map_id = ?", (map_id,))
-                    c.execute("DELETE FROM delta_map WHERE id = ?", (map_id,))
-                c.execute("UPDATE delta_map SET idx = -1 - idx WHERE level = 0")
-                for idx, (m, em) in enumerate(coarse):
-                    cur = c.execute(
-                        "INSERT INTO delta_map (level, idx, first_seq, last_seq, first_time_ns, "
-                        "last_time_ns, j_first, j_last, j_end, records, extents, suspect, fixup) "
-                        "VALUES (0, ?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?, ?)",
-                        (
-                            idx,
-                            m["first_seq"],
-                            m["last_seq"],
-                            m["first_time_ns"],
-                            m["last_time_ns"],
-                            m["j_last"],
-                            m["j_end"],
-                            len(em),
-                            int(m.get("suspect", False)),
-                            int(m.get("fixup", False)),
-                        ),
-                    )
-                    map_id = cur.lastrowid
-                    c.executemany(
-                        "INSERT INTO extent (map_id, p_start, p_end, addr) VALUES (?, ?, ?, ?)",
-                        (
-                            (map_id, a, b, d)
-                            for a, b, d in zip(
-                                em.starts.tolist(), em.ends.tolist(), em.addrs.tolist(), strict=True
-                            )
-                        ),
-                    )
-                for k, map_id in enumerate(keep_ids):
-                    c.execute(
-                        "UPDATE delta_map SET idx = ? WHERE id = ?", (len(coarse) + k, map_id)
-                    )
-                c.executemany("DELETE FROM bookmark WHERE name = ?", [(b,) for b in drop_bookmarks])
-                for key, value in meta.items():
-                    c.execute(
-                        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)
-                    )
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
+                map_id = cur.lastrowid
+                c.executemany(
+                    "INSERT INTO extent (map_id, p_start, p_end, addr) VALUES (?, ?, ?, ?)",
+                    (
+                        (map_id, a, b, d)
+                        for a, b, d in zip(
+                            em.starts.tolist(), em.ends.tolist(), em.addrs.tolist(), strict=True
+                        )
+                    ),
+                )
+            for k, map_id in enumerate(keep_ids):
+                c.execute("UPDATE delta_map SET idx = ? WHERE id = ?", (len(coarse) + k, map_id))
+            c.executemany("DELETE FROM bookmark WHERE name = ?", [(b,) for b in drop_bookmarks])
+            for key, value in meta.items():
+                c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
         return [m for m in self.maps() if m.level == 0]
 
     def referenced_segments(self) -> set[int]:

@@ -301,7 +301,10 @@ class Journal:
         self._segno = (segnos[-1] + 1) if segnos else 1
         self._pos = R.SEGMENT_HEADER_SIZE
         self._segment_prev[self._segno] = last_seq if durable_floor is None else durable_floor
-        self.durable_end = 0
+        # Everything before the new segment is durable (the open made it so):
+        # a failure before the first group commit cuts back to here
+        # (regression: journal_eio_before_first_durable_group).
+        self.durable_end = R.jaddr(self._segno, R.SEGMENT_HEADER_SIZE)
         self._last_seq = last_seq
         self._next_seq = last_seq + 1 + (0 if clean or last_seq == 0 else SEQ_GAP)
         self._last_time = last_time_ns

@@ -205,8 +205,7 @@ class Protection:
             try:
                 # Records past the last durable one may be page-cache ghosts of a
                 # failed sync: cut them off (regression: journal_eio_then_restart).
-                if old.durable_end:
-                    new.cut_after(old.durable_end)
+                new.cut_after(old.durable_end)
                 scan = new.scan(start, pseq, ptime)
                 if scan.torn_segment is not None:
                     os.unlink(segment_path(new.folder, scan.torn_segment))

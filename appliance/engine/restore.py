@@ -19,9 +19,13 @@
 * **Host writes win**: a write to a region not yet restored first restores
   that region (under the order lock, marked durable), then lands on top; the
   copier never touches a restored region again.
-* The parameters live in ``restore.json`` (written atomically before the
-  marker): a crash or restart resumes the copy, and reads are correct from
-  the first moment after open because the restored map is durable.
+* The ``RESTORE`` marker is journaled and synced first, then the parameters
+  go to ``restore.json`` (written atomically); only then does the call return
+  and the copier start.  A crash between the two leaves a marker with no
+  restore: nothing was copied, the call never returned, the volume is as it
+  was.  From ``restore.json`` on, a crash or restart resumes the copy, and
+  reads are correct from the first moment after open because the restored
+  map is durable.
 * Points journaled while the restore runs are suspect (the journal and what
   the host saw differ until the copy completes); the map that closes at the
   end is a fix-up map, clean.

@@ -474,10 +474,14 @@ class ProtectedVolume(Protection):
                 n = len(piece) if kind == R.WRITE else piece
                 if self._restore is not None:
                     self._restore.before_write(off, n)
-                if kind == R.WRITE:
-                    self._pwrite(off, piece)
-                else:
-                    self._pzero(off, n)
+                try:
+                    if kind == R.WRITE:
+                        self._pwrite(off, piece)
+                    else:
+                        self._pzero(off, n)
+                except PrimaryIOError:
+                    self._primary_write_failed(off, n)
+                    raise
                 faults.point("write.after_primary", offset=off, length=n)
                 if not self._oos:
                     try:
@@ -496,6 +500,18 @@ class ProtectedVolume(Protection):
         if fua:
             self._sync(rec.seq if rec is not None else None)
         return rec.seq if rec is not None else None
+
+    def _primary_write_failed(self, offset: int, length: int) -> None:
+        """Part of a refused write may be on the primary, never in the journal:
+        the DRL's OUT_OF_SYNC flag (durable) keeps its regions dirty through
+        any clean close, and the next open resyncs them, so the live volume and
+        the newest image agree again (regression: primary_write_error_never_resynced).
+        """
+        log.error("primary.write_failed", offset=offset, length=length, action="resync at open")
+        try:
+            self._drl.set_out_of_sync(True)
+        except OSError as exc:
+            log.error("drl.write_failed", error=str(exc))
 
     def _restoring(self) -> bool:
         return self._restore is not None

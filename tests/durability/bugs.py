@@ -267,6 +267,92 @@ def journal_eio_then_restart(root: str) -> str | None:
         return f"{replayed}; {got}" if got else None
 
 
+def journal_eio_before_first_durable_group(root: str) -> str | None:
+    """EIO on the first group commit after an open, then the in-process restart.
+
+    ``_restart_journal`` cut the failed group's page-cache ghosts off only
+    when the session already had a durable record (``durable_end`` was 0
+    until then): a journal that failed before its first durable group kept
+    the ghosts, and a later open replayed records that never reached the
+    disk and may vanish under later, durable ones (a hole).  The restart
+    must leave no record past the durable seq.
+    """
+    with _no_timer_sync(), scratch_dir(root, "bug-eio0") as d:
+        fs = FaultFS()
+        vol = create(d, SIZE, io=fs)
+        vol.write(0, b"1" * 4096)
+        vol.flush()
+        vol.close()
+        vol = open_tracked(d, io=fs)
+        try:
+            settle(vol)
+            durable = vol._journal.durable_seq
+            fs.fail_on("fdatasync", "*.seg", nth=1, lose=True)
+            ghost = vol.write(4096, b"2" * 4096)
+            with contextlib.suppress(CdpError, OSError):
+                vol.flush()
+            fs.clear_rules()
+            if vol.state != "out-of-sync" or ghost is None:
+                raise ReproducerBroken("the failed sync did not take the volume out of sync")
+            if not vol._restart_journal():
+                raise ReproducerBroken("the journal did not come back")
+            folder = vol._journal.folder
+            seqs = [r.seq for r in Journal(fs, folder, vol.uuid, 1 << 20).scan().records]
+            late = [q for q in seqs if durable < q <= ghost]
+            settle(vol)
+        finally:
+            vol.close()
+        if late:
+            return f"records {late} of the failed group are still in the journal after the restart"
+        return None
+
+
+class _TornPrimaryFS(FaultFS):
+    """The next primary write lands half, then fails with EIO (a dying disk)."""
+
+    tear_next = False
+
+    def pwrite_all(self, fd, data, offset):
+        if self.tear_next and str(self._fds.get(fd, "")).endswith("primary.img"):
+            self.tear_next = False
+            super().pwrite_all(fd, bytes(data[: len(data) // 2]), offset)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        super().pwrite_all(fd, data, offset)
+
+
+def primary_write_error_never_resynced(root: str) -> str | None:
+    """A primary write fails half-way; clean close; reopen: live volume = newest image.
+
+    The failed write is not acknowledged and never journaled, but part of it
+    reached the primary.  Its regions stayed dirty in the DRL only in memory
+    terms: the clean close wrote the clean marker, the next open saw a clean
+    stop and did not resync, and the next DRL reset forgot the regions.  The
+    primary then differed from every image for good.
+    """
+    with scratch_dir(root, "bug-torn") as d:
+        fs = _TornPrimaryFS()
+        vol = create(d, SIZE, io=fs)
+        vol.write(0, b"1" * 8192)
+        vol.flush()
+        fs.tear_next = True
+        try:
+            vol.write(0, b"2" * 4096)
+        except CdpError:
+            pass
+        else:
+            raise ReproducerBroken("the torn primary write did not fail")
+        vol.close()
+        vol = open_tracked(d)
+        try:
+            settle(vol)
+            live, newest = vol.read(0, 8192), vol.image().read(0, 8192)
+        finally:
+            vol.close()
+        if live != newest:
+            return "after a clean reopen the live volume differs from the newest image"
+        return None
+
+
 def pooled_segment_reused_then_power_loss(root: str) -> str | None:
     """Retention pools a reclaimed segment; an open reuses it; power loss: must open.
 

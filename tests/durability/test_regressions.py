@@ -17,6 +17,8 @@ FIXED = [
     "primary_fsync_error_retried",
     "journal_failure_during_rollover",
     "journal_eio_then_restart",
+    "journal_eio_before_first_durable_group",
+    "primary_write_error_never_resynced",
 ]
 
 

@@ -168,3 +168,42 @@ def test_emergency_fading_without_a_policy(tmp_path):
     assert vol.image(seq=ends[-1][0]).read(0, SIZE) == ends[-1][2]
     vol.close()
     assert not os.path.exists(tmp_path / "nothing")
+
+
+def test_chain_swap_durable_before_reclaim(tmp_path, monkeypatch):
+    """Regression: the swap committed with ``synchronous = NORMAL`` (WAL not
+    synced) and the reclaim then deleted the old chain's segments: a power loss
+    could bring back maps that point at deleted segments.  The swap's COMMIT
+    must run with ``synchronous = FULL``, and the reclaim only after it."""
+    from appliance.engine import retention
+
+    vol = make_volume(tmp_path, size=SIZE, segment_size=1 << 20, map_seconds=3600)
+    vol.segment_pool = 0
+    ends = phases(vol, 6)
+    now = ends[3][1] / 1e9 + 3600 - 1e-4
+    events = []
+    sync_mode = {"now": "NORMAL"}
+
+    def trace(sql):
+        if sql.startswith("PRAGMA synchronous"):
+            sync_mode["now"] = sql.split("=")[1].strip()
+        elif sql == "COMMIT":
+            events.append(("commit", sync_mode["now"]))
+
+    vol._catalog.conn.set_trace_callback(trace)
+    real_reclaim = retention.reclaim
+
+    def reclaim(v, protect_from):
+        events.append(("reclaim", None))
+        return real_reclaim(v, protect_from)
+
+    monkeypatch.setattr(retention, "reclaim", reclaim)
+    vol.set_retention("all:1h")
+    assert vol.apply_retention(now=now).wait(30)["segments_reclaimed"] > 0
+    vol._catalog.conn.set_trace_callback(None)
+    i = events.index(("reclaim", None))
+    assert ("commit", "FULL") in events[:i], events
+    assert events[i - 1] == ("commit", "FULL"), events
+    (mode,) = vol._catalog.conn.execute("PRAGMA synchronous").fetchone()
+    assert mode == 1  # NORMAL again for the write path's commits
+    vol.close()
