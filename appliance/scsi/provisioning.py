@@ -6,9 +6,15 @@ Block Limits MAXIMUM WRITE SAME LENGTH (INVALID FIELD IN CDB pointing at
 the count), checked after the LBA (an LBA past the end is LOGICAL BLOCK
 ADDRESS OUT OF RANGE whatever the count).  The data-out buffer must be
 exactly one block, or empty with NDOB=1 on the 16-byte form; any other
-length is refused before anything is written.  A zero data block (or
-NDOB=1) becomes ``write_zeros``, with ``unmap=True`` when the UNMAP bit is
-set; any other block is replicated in chunks of :data:`CHUNK_BYTES`.
+length is refused before anything is written.  With the UNMAP bit set
+(ANCHOR is refused by the CDB check) every LBA of the range is unmapped:
+``write_zeros(unmap=True)`` whatever the data-out block holds.  SBC-4's
+WRITE SAME table (UNMAP=1, ANCHOR=0) makes that an unmap operation on a
+thin provisioned LU, not a write, and with LBPRZ=1 an unmapped LBA reads as
+zeros, so the data-out block is not what is read back (libiscsi's
+WriteSame10.UnmapUntilEnd sends its 0xFF block with UNMAP=1).  Without
+UNMAP, a zero data block (or NDOB=1) becomes ``write_zeros(unmap=False)``;
+any other block is replicated in chunks of :data:`CHUNK_BYTES`.
 
 UNMAP parameter list (SBC-3 5.28.2): bytes 0-1 UNMAP DATA LENGTH (n-1),
 2-3 UNMAP BLOCK DESCRIPTOR DATA LENGTH, 4-7 reserved, then 16-byte
@@ -70,7 +76,7 @@ def write_same(dev: ScsiDevice, cdb: bytes, data: DataOut) -> ScsiResult:
         return GOOD  # the LBA is the capacity: nothing to the end
     block = bytes(bs) if ndob else bytes(data_out(data, bs))
     backend = dev.backend
-    if block == bytes(bs):
+    if unmap or block == bytes(bs):
         backend.write_zeros(lba * bs, blocks * bs, unmap=unmap)
         if not dev.write_cache:
             backend.flush()

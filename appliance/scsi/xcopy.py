@@ -19,13 +19,19 @@ designators; segment type 02h (block device to block device, 28 bytes:
 bytes 4-5 source CSCD index, 6-7 destination index, 10-11 BLOCK DEVICE
 NUMBER OF BLOCKS, 12-19 source LBA, 20-27 destination LBA).
 
+LU ID TYPE only says how to read an LU IDENTIFIER field, which an
+identification descriptor does not have (it names the LU by its designator),
+so it is ignored, whatever its value, as SPC-4 has it: libiscsi's
+ExtendedCopy.ValidTgtDescr sends 10b (reserved) to an SPC-4 target and wants
+GOOD, and LIO's own copy manager accepts it.
+
 Every descriptor is validated before the first block moves, so a refused
 copy changes nothing.  Sense data, in the order checked: PARAMETER LIST
 LENGTH ERROR (lengths that do not add up, or above the advertised maximum
 descriptor list length); TOO MANY TARGET / SEGMENT DESCRIPTORS;
 UNSUPPORTED TARGET / SEGMENT DESCRIPTOR TYPE CODE; INVALID FIELD IN
-PARAMETER LIST with a pointer (LU ID TYPE other than 00b, a peripheral type
-other than 0, another block length, inline data, a bad descriptor length);
+PARAMETER LIST with a pointer (a peripheral type other than 0, another
+block length, inline data, a bad descriptor length);
 COPY ABORTED / UNREACHABLE COPY TARGET for a CSCD that names another LU or
 sets NUL (no null device here); COPY ABORTED / COPY TARGET DEVICE NOT
 REACHABLE for a segment whose index names no CSCD or whose range leaves the
@@ -131,8 +137,7 @@ def _check_cscd(dev: ScsiDevice, params: bytes, at: int) -> bool:
             field_pointer=at,
             in_cdb=False,
         )
-    if params[at + 1] >> 6:
-        raise invalid_field_in_parameter_list(at + 1, 7)  # LU ID TYPE: only 00b (LUN)
+    # Byte 1 bits 7-6, LU ID TYPE: not checked (no LU IDENTIFIER field in E4h).
     if params[at + 1] & 0x1F:
         raise invalid_field_in_parameter_list(at + 1, 4)  # not a block device
     block_length = be(params, at + 29, 3)

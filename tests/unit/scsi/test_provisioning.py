@@ -63,10 +63,36 @@ def test_write_same_zero_block_is_write_zeros(dev, backend, build, op, _, unmap)
     assert backend.deallocated[2:6] == (b"\x01" * 4 if unmap else bytes(4))
 
 
-def test_write_same_unmap_with_nonzero_data_writes_the_data(dev, backend):
-    assert_good(dev.execute(rw16(0x93, 0, 2, byte1=UNMAP), b"d" * BS))
-    assert backend.data[: 2 * BS] == b"d" * 2 * BS
-    assert backend.deallocated[:2] == b"\0\0"
+@pytest.mark.parametrize("build,op,_", WS)
+def test_write_same_unmap_with_nonzero_data_unmaps(dev, backend, build, op, _):
+    """UNMAP=1 is an unmap operation whatever the data-out block holds: the
+    LBAs are deallocated and read as zeros (LBPRZ=1)."""
+    write(dev, 0, b"x" * (4 * BS))
+    backend.ops.clear()
+    assert_good(dev.execute(build(op, 0, 2, byte1=UNMAP), b"d" * BS))
+    assert backend.ops == [("write_zeros", 0, 2 * BS, True)]
+    assert backend.data[: 4 * BS] == bytes(2 * BS) + b"x" * (2 * BS)
+    assert backend.deallocated[:4] == b"\1\1\0\0"
+
+
+def test_write_same10_unmap_until_end_reads_zeros():
+    """libiscsi WriteSame10.UnmapUntilEnd on the 64 MiB LUN: WRITE(10) i blocks
+    of 0xFF at the end, then WRITE SAME(10) at num_blocks - i with UNMAP=1,
+    NUMBER OF LOGICAL BLOCKS 0 (to the end: WSNZ=0) and the first 0xFF block
+    as data-out, then READ(10): all zeros (LBPRZ=1)."""
+    blocks = (64 << 20) // BS
+    backend = MemoryBackend(blocks * BS, BS)
+    dev = ScsiDevice(backend, DeviceIdentity("v"))
+    for i in (1, 2, 255, 256):
+        ones = b"\xff" * (i * BS)
+        write(dev, blocks - i, ones)
+        cdb = rw10(0x41, blocks - i, 0, byte1=UNMAP)
+        assert cdb[1] == 0x08 and cdb[7:9] == b"\0\0"
+        assert_good(dev.execute(cdb, ones[:BS]))
+        assert backend.ops[-1] == ("write_zeros", (blocks - i) * BS, i * BS, True)
+        read = assert_good(dev.execute(rw10(0x28, blocks - i, i)))
+        assert bytes(read.data) == bytes(i * BS)
+    assert backend.deallocated[blocks - 256 :] == b"\1" * 256
 
 
 def test_write_same16_ndob(dev, backend):
@@ -241,6 +267,40 @@ def test_get_lba_status_after_writes_and_unmap(dev, backend):
     assert descriptors(d) == [(0, 4, 0), (4, 2, 1), (6, 4, 0), (10, BLOCKS - 10, 1)]
     d = bytes(assert_good(dev.execute(get_lba_status(5))).data)
     assert descriptors(d)[0] == (5, 1, 1)
+
+
+def test_get_lba_status_unmap_single_first_descriptor_is_the_starting_lba():
+    """libiscsi GetLBAStatus.UnmapSingle on the 64 MiB LUN (LBPPBE 3: 8 blocks
+    per physical block): write 264 blocks, UNMAP ranges, GET LBA STATUS with
+    allocation length 24.  The first descriptor starts at the STARTING LOGICAL
+    BLOCK ADDRESS (SBC-4 GET LBA STATUS descriptor relationships).  libiscsi's
+    second loop asks for LBA i+1 but compares against i+8, which only an LU with
+    LBPPBE 0 can satisfy; the descriptor it gets here is the one SBC requires."""
+    blocks = (64 << 20) // BS
+    backend = MemoryBackend(blocks * BS, BS)
+    dev = ScsiDevice(backend, DeviceIdentity("v"))
+    rc16 = bytes([0x9E, 0x10]) + bytes(8) + be(32, 4) + bytes(2)
+    lbppb = 1 << bytes(assert_good(dev.execute(rc16)).data)[13]
+    assert lbppb == 8
+    mapped = 256 + lbppb
+
+    def status(lba: int) -> tuple[int, int, int]:
+        d = bytes(assert_good(dev.execute(get_lba_status(lba, alloc=24))).data)
+        assert d[:4] == be(20, 4) and len(d) == 24
+        return descriptors(d)[0]
+
+    write(dev, 0, b"A" * (mapped * BS))
+    for i in range(0, 256 - lbppb + 1, lbppb):  # one physical block at a time
+        params = unmap_params((i, lbppb))
+        assert_good(dev.execute(unmap_cdb(len(params)), params))
+        assert status(i) == (i, lbppb, 1)
+        assert status(i + lbppb) == (i + lbppb, mapped - i - lbppb, 0)
+    for i in range(lbppb, 256 - lbppb + 1, lbppb):  # 0..i unmapped
+        write(dev, 0, b"A" * (mapped * BS))
+        params = unmap_params((0, i))
+        assert_good(dev.execute(unmap_cdb(len(params)), params))
+        assert status(0) == (0, i, 1)
+        assert status(i + 1) == (i + 1, mapped - i - 1, 0)
 
 
 def test_get_lba_status_allocation_length(dev):

@@ -113,7 +113,6 @@ def test_unsupported_descriptor_types(dev, backend):
 
 def test_target_descriptor_fields(dev, backend):
     seg = [b2b(0, 100, 1)]
-    illegal(run(dev, params([cscd(dev, lu_id_type=3)], seg)), 0x26, field=17, bit=7)
     illegal(run(dev, params([cscd(dev, dtype=1)], seg)), 0x26, field=17, bit=4)
     copy_aborted(run(dev, params([cscd(dev, nul=1)], seg)), 0x08, 0x04)
     other = lu_designators(DeviceIdentity("another volume"))[0]
@@ -121,6 +120,26 @@ def test_target_descriptor_fields(dev, backend):
     illegal(run(dev, params([cscd(dev)], seg, inline=4) + bytes(4)), 0x26, field=12)
     illegal(run(dev, params([cscd(dev)], seg, usage=0b01)), 0x26, field=1, bit=4)
     assert backend.ops == []
+
+
+def test_identification_cscd_ignores_lu_id_type():
+    """libiscsi ExtendedCopy.ValidTgtDescr on the 64 MiB LUN: an E4h CSCD with
+    LU ID TYPE 10b (reserved) naming this LUN by its NAA designator, one
+    segment copying 2048 blocks from LBA 0 to the last 2048; the target says
+    SPC-4 (VERSION 06h), so the copy must run (GOOD)."""
+    blocks = (64 << 20) // BS
+    backend = MemoryBackend(blocks * BS, BS)
+    dev = ScsiDevice(backend, DeviceIdentity("vol-0001"))
+    assert bytes(assert_good(dev.execute(inquiry())).data)[2] == 0x06
+    naa = lu_designators(dev.identity)[0]
+    assert naa[1] & 0x0F == 0x03  # the NAA designator, the one libiscsi picks
+    pattern = bytes(range(256)) * (2048 * BS // 256)
+    backend.data[: 2048 * BS] = pattern
+    for lu_id_type in (0b10, 0b11, 0b01):
+        plist = params([cscd(dev, lu_id_type=lu_id_type)], [b2b(0, blocks - 2048, 2048)])
+        assert plist[17] >> 6 == lu_id_type
+        assert_good(run(dev, plist))
+    assert backend.data[(blocks - 2048) * BS :] == pattern
 
 
 def test_segment_descriptor_fields(dev, backend):
