@@ -15,6 +15,8 @@ Every key is optional; a missing file means all defaults::
     queue_timeout = 20.0 # seconds a command may wait for a worker before BUSY;
                          # keep it below the backstore's cmd_time_out (30 s)
     tmr_notification = true  # ask the kernel for ABORT TASK / LUN RESET entries
+    inline_io = true     # reads and writes without FUA run on the ring thread
+                         # (no worker hop); false: every command goes to a worker
 
     [control]
     enabled = true                       # serve the control API (docs/CONTROL.md)
@@ -49,6 +51,7 @@ class HandlerConfig:
     max_queued: int = 256
     queue_timeout: float = 20.0
     tmr_notification: bool = True
+    inline_io: bool = True
     control: bool = True
     control_socket: Path = Path("/run/cdp/control.sock")
     # Where /sys and /dev are: "/" except in tests.
@@ -67,7 +70,7 @@ class HandlerConfig:
 
 _SECTIONS = {
     "handler": ("state_dir", "lock_file", "dbus", "log_level", "log_json"),
-    "device": ("workers", "max_queued", "queue_timeout", "tmr_notification"),
+    "device": ("workers", "max_queued", "queue_timeout", "tmr_notification", "inline_io"),
     "control": ("enabled", "socket"),
 }
 # Keys whose name in the file differs from the field's.

@@ -142,7 +142,10 @@ class DeviceManager:
         try:
             ring = uio.ring()
             options = DeviceOptions(
-                self.config.workers, self.config.max_queued, self.config.queue_timeout
+                self.config.workers,
+                self.config.max_queued,
+                self.config.queue_timeout,
+                self.config.inline_io,
             )
             device = TcmuDevice(
                 info.name.device, ring, uio, scsi, options, reset_ring=knobs.reset_ring

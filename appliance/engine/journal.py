@@ -165,6 +165,7 @@ class Journal:
         self._old_fds: list[int] = []
         self._lost: list[Rec] = []
         self.durable_end = 0  # journal address just past the last durable record
+        self._sync_lock = threading.Lock()  # see _segment_sync
         self._wfd: int | None = None
         self._wsegno = 0
         self._inflight: list[Rec] = []
@@ -509,6 +510,25 @@ class Journal:
             self._pending = []
             self._cond.notify_all()
 
+    def _segment_sync(self, fd: int) -> None:
+        """fdatasync a segment the writer wrote; raise if it or the other thread's failed.
+
+        The writer (at a rollover) and the syncer sync the same file.  The kernel
+        reports a writeback error once per open file, so a call that follows a
+        failed one "succeeds" although the pages are gone.  Serialized here,
+        with the failure recorded before the lock is let go, no sync can report
+        success after another one failed (regressions:
+        journal_failure_during_rollover, rollover_failure_then_syncer_success).
+        """
+        with self._sync_lock:
+            try:
+                self.io.fdatasync(fd)
+            except Exception as exc:
+                self._fail(exc)
+                raise
+            if self._failed is not None:
+                raise self._failed
+
     def _writer(self) -> None:
         """Thread: pending records -> segment files (one pwritev per segment touched)."""
         while True:
@@ -572,10 +592,9 @@ class Journal:
                 recs, self._inflight = self._inflight, []
                 old, self._old_fds = self._old_fds, []
             try:
-                self.io.fdatasync(fd)
-            except Exception as exc:
-                self._fail(exc)
-                return
+                self._segment_sync(fd)
+            except Exception:
+                return  # _segment_sync recorded the failure
             last_sync = time.monotonic()
             faults.point("journal.after_sync", seq=target)
             # Hand on before reporting durable: once sync() returns, the map
@@ -596,11 +615,7 @@ class Journal:
         while i < len(batch):
             segno = batch[i][0].addr >> 32
             if segno != self._wsegno:
-                self.io.fdatasync(self._wfd)  # the old segment is complete and durable
-                if self._failed is not None:
-                    # The syncer failed meanwhile: this "successful" sync proves
-                    # nothing (regression: journal_failure_during_rollover).
-                    raise self._failed
+                self._segment_sync(self._wfd)  # the old segment is complete and durable
                 self._open_segment(segno)
             bufs = []
             start = batch[i][0].addr & 0xFFFFFFFF

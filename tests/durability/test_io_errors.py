@@ -13,6 +13,8 @@ import os
 import random
 import shutil
 import sqlite3
+import threading
+import time
 import uuid as uuidlib
 
 import pytest
@@ -101,7 +103,9 @@ def test_journal_error_on_the_rollover_sync_is_fail_stop(d):
     assert list_segments(j.folder) == [1]  # the next segment was never begun
     j.close()
     fs.crash(random.Random(2))
-    assert Journal(OsFileIO(), j.folder, j.uuid, 1 << 20).scan().last_seq == got
+    # At least what was reported durable; more may have reached the disk (the
+    # syncer's sync writes every dirty page of the file, not only its group).
+    assert Journal(OsFileIO(), j.folder, j.uuid, 1 << 20).scan().last_seq >= got
 
 
 def test_volume_journal_fdatasync_eio_keeps_the_journal_at_the_last_durable_group(d):
@@ -295,3 +299,46 @@ def test_bug_damaged_catalog_page_is_rebuilt(d):
             assert_repaired(d, images, marks, logs)
         except sqlite3.DatabaseError as exc:
             raise AssertionError(f"open raised a raw {type(exc).__name__}: {exc}") from exc
+
+
+def test_bug_rollover_failure_then_syncer_success(d):
+    """Regression: the writer's rollover fdatasync fails (the kernel drops the
+    dirty pages and reports the error once); the syncer's fdatasync of the same
+    file then "succeeds" and reported its group durable.  After a power loss
+    the journal held less than ``durable_seq`` said.  The syncer is held here
+    until the writer's call has failed, the order that made the bug."""
+    fs = FaultFS()
+    j = new_journal(d, fs)
+    writer_failing, syncer_syncing = threading.Event(), threading.Event()
+
+    def hold(path):
+        name = threading.current_thread().name
+        if name == "cdp-journal-writer":
+            writer_failing.set()
+        elif name == "cdp-journal-syncer":
+            syncer_syncing.set()
+            if writer_failing.wait(1.0):
+                time.sleep(0.05)  # the writer's call has failed by now
+
+    fs.before("fdatasync", "*.seg", hold)
+    fs.fail_on("fdatasync", "*.seg", thread="cdp-journal-writer", lose=True)
+    first = [j.append(R.WRITE, 0, 65536, b"a" * 65536).seq for _ in range(10)][-1]
+    deadline = time.monotonic() + 5
+    while j._written_seq < first and time.monotonic() < deadline:
+        time.sleep(0.001)
+    j.request_sync(first)  # the syncer takes the first group...
+    assert syncer_syncing.wait(5)
+    try:
+        for _ in range(10):  # ...while the writer rolls over into segment 2
+            j.append(R.WRITE, 0, 65536, b"b" * 65536)
+    except JournalFailed:
+        pass
+    deadline = time.monotonic() + 5
+    while j.failed is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert j.failed is not None
+    j.close()  # joins the syncer: its sync has returned
+    claimed = j.durable_seq
+    fs.crash(random.Random(3))
+    found = Journal(OsFileIO(), j.folder, j.uuid, 1 << 20).scan().last_seq
+    assert found >= claimed, f"durable_seq said {claimed}, the disk holds up to {found}"

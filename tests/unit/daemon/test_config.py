@@ -16,11 +16,16 @@ def test_defaults():
 def test_values_and_overrides():
     cfg = parse_config(
         '[handler]\nstate_dir = "/srv/cdp"\ndbus = false\nlog_level = "debug"\n'
-        "[device]\nworkers = 2\nqueue_timeout = 5\n",
+        "[device]\nworkers = 2\nqueue_timeout = 5\ninline_io = false\n",
         workers=3,
     )
     assert cfg.state_dir == Path("/srv/cdp") and not cfg.dbus and cfg.log_level == "debug"
-    assert cfg.workers == 3 and cfg.queue_timeout == 5.0
+    assert cfg.workers == 3 and cfg.queue_timeout == 5.0 and cfg.inline_io is False
+
+
+def test_the_shipped_file_is_the_defaults():
+    shipped = Path(__file__).resolve().parents[3] / "firmware" / "cdp" / "handler.toml"
+    assert parse_config(shipped.read_text()) == HandlerConfig()
 
 
 @pytest.mark.parametrize(
@@ -30,6 +35,7 @@ def test_values_and_overrides():
         ("[daemon]\n", "unknown section"),
         ("[handler]\nstate_dir = 'relative'\n", "absolute path"),
         ("[handler]\ndbus = 'yes'\n", "true or false"),
+        ("[device]\ninline_io = 1\n", "true or false"),
         ("[device]\nworkers = 1.5\n", "integer"),
         ("[device]\nworkers = 100\n", "workers must be"),
         ("[device]\nqueue_timeout = 0\n", "queue_timeout"),

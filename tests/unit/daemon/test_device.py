@@ -94,7 +94,7 @@ def test_out_of_order_completion_with_workers(served):
 
 
 def test_queue_full_is_task_set_full(served):
-    uio, dev, spy = served(workers=1, max_queued=1)
+    uio, dev, spy = served(workers=1, max_queued=1, inline=False)
     gate = threading.Event()
     real_write = spy.write
     spy.write = lambda o, d, *, fua=False: (gate.wait(5), real_write(o, d, fua=fua))[1]
@@ -109,7 +109,7 @@ def test_queue_full_is_task_set_full(served):
 
 def test_command_waiting_too_long_is_busy_and_not_executed(served):
     now = [0.0]
-    uio, dev, spy = served(workers=1, queue_timeout=5.0, clock=lambda: now[0])
+    uio, dev, spy = served(workers=1, queue_timeout=5.0, clock=lambda: now[0], inline=False)
     gate = threading.Event()
     real_write = spy.write
     spy.write = lambda o, d, *, fua=False: (gate.wait(5), real_write(o, d, fua=fua))[1]
@@ -125,7 +125,7 @@ def test_command_waiting_too_long_is_busy_and_not_executed(served):
 
 
 def test_tmr_abort_is_harmless(served):
-    uio, dev, spy = served(workers=1)
+    uio, dev, spy = served(workers=1, inline=False)
     gate = threading.Event()
     real_write = spy.write
     spy.write = lambda o, d, *, fua=False: (gate.wait(5), real_write(o, d, fua=fua))[1]
@@ -145,6 +145,34 @@ def test_tmr_abort_is_harmless(served):
     assert not uio.sim.broken and dev.running
     assert dev.stats.aborted == 1
     assert spy.read(8 * BS, BS) == bytes(BS)  # the aborted one never ran
+
+
+def test_reads_and_writes_without_fua_run_on_the_ring_thread(served):
+    """No worker hop for page-cache commands; FUA writes and flushes go to a worker."""
+    uio, dev, spy = served(workers=2)
+    where = {}
+    real_write, real_flush = spy.write, spy.flush
+
+    def write(o, d, *, fua=False):
+        where[("write", fua)] = threading.current_thread().name
+        return real_write(o, d, fua=fua)
+
+    def flush():
+        where["flush"] = threading.current_thread().name
+        return real_flush()
+
+    spy.write, spy.flush = write, flush
+    for cdb, out in (
+        (rw10(WRITE_10, 0, 1), data(BS)),
+        (rw16(WRITE_16, 8, 1, byte1=FUA), data(BS, 2)),
+        (SYNC_CACHE_10, None),
+    ):
+        q = uio.queue(cdb, data_out=out) if out else uio.queue(cdb)
+        assert uio.completion(q).status == Status.GOOD
+    r = uio.queue(rw10(READ_10, 8, 1), data_in=BS)
+    assert uio.completion(r).data == data(BS, 2)
+    assert where[("write", False)] == "tcmu-t0"  # the ring thread
+    assert where[("write", True)] != "tcmu-t0" and where["flush"] != "tcmu-t0"
 
 
 def test_stop_drains_what_is_in_flight(served):
