@@ -33,8 +33,9 @@ test-fast: $(STAMP)
 # tests/vm/test_durability_vm.py (SIGKILL under fio verify, ring pressure,
 # bad CDBs, ghost writes: 30+ min) and test_vm_smoke.py run with
 # `make test-vm VM_TESTS=tests/vm` and in `make soak`.
-# libiscsi's iscsi-test-cu (test_handler.py::test_iscsi_test_cu_scsi_family, 20
-# min idle, over 90 min on a loaded machine) runs in `make conformance` and soak.
+# libiscsi's iscsi-test-cu (test_handler.py::test_iscsi_test_cu_scsi_family: 25
+# min for user:cdp beside one other VM, over 90 min on a loaded machine) runs in
+# `make conformance` and soak.
 VM_TESTS ?= tests/vm/test_appliance.py tests/vm/test_story.py tests/vm/test_handler.py \
 	tests/vm/test_powercut.py
 VM_SELECT ?= not iscsi_test_cu
