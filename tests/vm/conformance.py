@@ -312,6 +312,21 @@ REASONS: list[tuple[str, str, str | None, str, str]] = [
     ),
     # -- user:cdp
     (
+        r"ExtendedCopy\.ValidTgtDescr$",
+        "",
+        "cdp",
+        "fixed since",
+        "LU ID TYPE 10b in an E4h descriptor was refused; now ignored (SPC-4): re-run passes",
+    ),
+    (
+        r"WriteSame10\.UnmapUntilEnd$",
+        "",
+        "cdp",
+        "fixed since",
+        "UNMAP=1 with a non-zero data block wrote the data; now it unmaps (reads zeros, "
+        "LBPRZ=1): re-run passes",
+    ),
+    (
         r"GetLBAStatus\.UnmapSingle$",
         "",
         "cdp",
@@ -465,7 +480,15 @@ What changed in `appliance/scsi` for these figures: EXTENDED COPY (LID1) with
 RECEIVE COPY RESULTS and VPD 8Fh, WRITE SAME with 0 blocks to the end of the
 medium (WSNZ=0), a WRITE SAME data-out that is not exactly one block refused,
 MAXIMUM WRITE SAME LENGTH capped at the maximum transfer length, and READ
-CAPACITY(16) reporting 4 KiB physical blocks (LBPPBE 3 over 512-byte blocks)."""
+CAPACITY(16) reporting 4 KiB physical blocks (LBPPBE 3 over 512-byte blocks).
+
+Fixed after the user:cdp run below, each re-run alone in the same setup and
+passing (`run --backstore cdp --test SCSI.<Suite>.<Test>`, 2026-11-26): EXTENDED
+COPY ignores LU ID TYPE in an identification (E4h) descriptor
+(ExtendedCopy.ValidTgtDescr), and WRITE SAME with UNMAP=1 unmaps whatever the
+data-out block holds, which then reads as zeros (LBPRZ=1; WriteSame10.UnmapUntilEnd).
+With them the count is 185 real passes and one failure, GetLBAStatus.UnmapSingle,
+explained below."""
 
 
 def render(records: list[dict], intro: str = INTRO) -> str:
