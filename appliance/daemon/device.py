@@ -151,10 +151,10 @@ class TcmuDevice:
     ) -> None:
         self.name = name
         self.ring = ring
-        # A stall a test injects must hold one worker, not the ring thread.
-        self._inline = (options or DeviceOptions()).inline and not faults.active().stalls
         self.scsi = scsi
         self.options = options or DeviceOptions()
+        # A stall a test injects must hold one worker, not the ring thread.
+        self._inline = self.options.inline and not faults.active().stalls
         self.stats = DeviceStats()
         self._events = events
         self._reset_ring = reset_ring

@@ -147,8 +147,9 @@ class Journal:
         self.segment_size = segment_size
         self.max_pending_bytes = max_pending_bytes
         self._cond = threading.Condition()
-        self._pending: list[tuple[Rec, bytes, object]] = []
+        self._pending: list[tuple[Rec, bytes | tuple, object]] = []  # header or its fields
         self._pending_bytes = 0
+        self._writer_idle = False  # the writer waits for records (append wakes it)
         self._next_seq = 1
         self._last_seq = 0  # last assigned
         self._last_time = 0
@@ -371,7 +372,6 @@ class Journal:
         payload=b"",
         *,
         flags: int = 0,
-        pcrc: int | None = None,
     ) -> Rec:
         """Queue one record; returns it with its sequence number and address.
 
@@ -382,8 +382,6 @@ class Journal:
         plen = len(payload)
         if plen > R.MAX_PAYLOAD:
             raise InvalidArgument(f"record payload of {plen} bytes above {R.MAX_PAYLOAD}")
-        if pcrc is None:
-            pcrc = R.payload_crc(payload)
         size = R.RECORD_HEADER_SIZE + plen
         with self._cond:
             while (
@@ -404,9 +402,10 @@ class Journal:
             self._next_seq += 1
             now = max(time.time_ns(), self._last_time)
             addr = R.jaddr(self._segno, self._pos)
-            header = R.pack_record_header(
-                kind, flags, seq, now, offset, length, plen, self._segno, self.vtag, pcrc
-            )
+            fields = (kind, flags, seq, now, offset, length, plen, self._segno, self.vtag)
+            # With a payload, the writer thread computes its crc and packs the
+            # header: off the caller's path (the handler's ring thread).
+            header = fields if plen else R.pack_record_header(*fields, 0)
             name = payload.decode("utf-8") if kind in (R.BOOKMARK, R.UNBOOKMARK) else None
             refs = R.unpack_refs(payload) if kind == R.REF else None
             rec = Rec(seq, now, kind, flags, offset, length, addr, plen, name, refs)
@@ -415,7 +414,8 @@ class Journal:
             self._pos += size
             self._last_seq = seq
             self._last_time = now
-            self._cond.notify_all()
+            if self._writer_idle:  # nobody else waits for a new record
+                self._cond.notify_all()
             return rec
 
     def undelivered(self) -> list[Rec]:
@@ -538,7 +538,11 @@ class Journal:
                     and (not self._pending or self._unsynced >= 2 * MAX_UNSYNCED_RECORDS)
                     and not (self._closing and not self._pending)
                 ):
-                    self._cond.wait()
+                    self._writer_idle = True
+                    try:
+                        self._cond.wait()
+                    finally:
+                        self._writer_idle = False
                 if self._failed or not self._pending:
                     return
                 batch, self._pending = self._pending, []
@@ -621,6 +625,8 @@ class Journal:
             start = batch[i][0].addr & 0xFFFFFFFF
             while i < len(batch) and batch[i][0].addr >> 32 == segno:
                 rec, header, payload = batch[i]
+                if header.__class__ is tuple:  # appended without its crc (append)
+                    header = R.pack_record_header(*header, R.payload_crc(payload))
                 bufs.append(header)
                 if rec.payload_len:
                     bufs.append(payload)

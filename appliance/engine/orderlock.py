@@ -34,6 +34,14 @@ class OrderLock:
         self._x_waiting = 0
         self._ranges: dict[int, tuple[int, int]] = {}
         self._next = 0
+        self._waiters = 0  # threads in _cond.wait(): a release wakes only if any
+
+    def _wait(self) -> None:
+        self._waiters += 1
+        try:
+            self._cond.wait()
+        finally:
+            self._waiters -= 1
 
     # ------------------------------------------------------------ exclusive
 
@@ -51,7 +59,7 @@ class OrderLock:
         self._x_waiting += 1
         try:
             while self._owner is not None or self._ranges:
-                self._cond.wait()
+                self._wait()
         finally:
             self._x_waiting -= 1
         self._owner, self._depth = me, 1
@@ -63,7 +71,8 @@ class OrderLock:
             self._depth -= 1
             if self._depth == 0:
                 self._owner = None
-                self._cond.notify_all()
+                if self._waiters:
+                    self._cond.notify_all()
 
     # ------------------------------------------------------------ write ranges
 
@@ -87,7 +96,7 @@ class OrderLock:
                 or self._x_waiting
                 or any(s < end and start < e for s, e in self._ranges.values())
             ):
-                self._cond.wait()
+                self._wait()
             if exclusive_if is not None and exclusive_if():
                 self._wait_exclusive(me)
                 return None
@@ -102,7 +111,8 @@ class OrderLock:
             return
         with self._cond:
             del self._ranges[token]
-            self._cond.notify_all()
+            if self._waiters:
+                self._cond.notify_all()
 
     def held_ranges(self) -> list[tuple[int, int]]:
         """The write ranges held now (tests, diagnostics)."""

@@ -510,23 +510,31 @@ class Protection:
     def _baseline_work(self, job: Job) -> dict:
         """Copy the primary into the journal while I/O goes on ([0055]).
 
-        Each chunk is read and journaled under the order lock, so a host write
-        to that chunk is either in the copy or journaled after it.
+        Each step holds the order lock's *write range* of what it copies, so
+        a host write to that range is either in the copy or journaled after
+        it, and host writes elsewhere go on (the exclusive lock here stalled
+        every write for each chunk's read).  Finding the next data
+        (``SEEK_DATA``) holds ``[pos, end)``: a write landing in a hole
+        while the hole's ZERO record is made would be journaled before it
+        and so read as zeros in every later image.
         """
         pos = self._maps.baseline_end
         copied = zeroed = 0
         zero = bytes(BASELINE_CHUNK)
+        lock = self._order_lock
         while pos < self.size:
             if job.cancelled or self._closed:
                 raise JobCancelled()
-            with self._order_lock:
+            with lock.write_range(pos, self.size):
                 data_at = self._next_data(pos)
                 if data_at > pos:
                     self._journal.append(R.ZERO, pos, data_at - pos, flags=R.FLAG_BASELINE)
-                    zeroed += data_at - pos
-                    n = data_at - pos
-                else:
-                    n = min(BASELINE_CHUNK, self.size - pos)
+            if data_at > pos:
+                n = data_at - pos
+                zeroed += n
+            else:
+                n = min(BASELINE_CHUNK, self.size - pos)
+                with lock.write_range(pos, pos + n):
                     chunk = self.read(pos, n)
                     if chunk == zero[:n]:
                         self._journal.append(R.ZERO, pos, n, flags=R.FLAG_BASELINE)

@@ -452,10 +452,9 @@ class ProtectedVolume(Protection):
             (off, payload[off - offset : off - offset + R.MAX_PAYLOAD])
             for off in range(offset, offset + length, R.MAX_PAYLOAD)
         ]
-        crcs = [R.payload_crc(p) for _, p in pieces]
-        return self._host_write(pieces, crcs, R.WRITE, fua)
+        return self._host_write(pieces, R.WRITE, fua)
 
-    def _host_write(self, pieces, crcs, kind: int, fua: bool) -> int | None:
+    def _host_write(self, pieces, kind: int, fua: bool) -> int | None:
         """W2-W4 of the module docstring, with the DRL marked first ([0049])."""
         if self._primary_failed is not None:
             raise self._primary_failed
@@ -470,7 +469,7 @@ class ProtectedVolume(Protection):
         # Disjoint writes overlap; during a restore each write is exclusive
         # (restore-before-write works on whole regions).
         with self._order_lock.write_range(start, end, self._restoring):
-            for i, ((off, piece), pcrc) in enumerate(zip(pieces, crcs, strict=True)):
+            for i, (off, piece) in enumerate(pieces):
                 n = len(piece) if kind == R.WRITE else piece
                 if self._restore is not None:
                     self._restore.before_write(off, n)
@@ -486,7 +485,7 @@ class ProtectedVolume(Protection):
                 if not self._oos:
                     try:
                         if kind == R.WRITE:
-                            rec = self._journal.append(R.WRITE, off, n, piece, pcrc=pcrc)
+                            rec = self._journal.append(R.WRITE, off, n, piece)
                         else:
                             rec = self._journal.append(R.ZERO, off, n)
                         continue
@@ -543,7 +542,7 @@ class ProtectedVolume(Protection):
         self._check_range(offset, length)
         if length == 0:
             raise InvalidRange("length 0: nothing to zero")
-        return self._host_write([(offset, length)], [0], R.ZERO, fua)
+        return self._host_write([(offset, length)], R.ZERO, fua)
 
     def _pzero(self, offset: int, length: int) -> None:
         zero = bytes(min(length, 1 << 20))

@@ -134,8 +134,14 @@ def log_lines(vm: vmctl.VM) -> int:
     return int(r.stdout.strip() or 0)
 
 
-def rss_kib(vm: vmctl.VM, pid: int) -> int:
-    r = vm.ssh(f"awk '/^VmRSS/ {{print $2}}' /proc/{pid}/status")
+def rss_kib(vm: vmctl.VM, pid: int, field: str = "RssAnon") -> int:
+    """A memory figure of ``pid`` from /proc/<pid>/status, in KiB.
+
+    ``RssAnon`` (the default) is the process's own heap: what a leak grows.
+    ``VmRSS`` also counts the TCMU ring's shared pages the daemon has touched
+    (``RssShmem``), which grow as larger transfers reach new data-area blocks
+    and are the kernel's, not a leak."""
+    r = vm.ssh(f"awk '/^{field}:/ {{print $2}}' /proc/{pid}/status")
     return int(r.stdout)
 
 
