@@ -167,9 +167,13 @@ def run_backstore(
                            "--ioengine=libaio", "--rw=write", "--bs=1M", "--iodepth=4",
                            f"--size={REGION}"]) + " >/dev/null", timeout=1800)  # fmt: skip
         out["timings"]["prefill 64 MiB"] = time.monotonic() - t0
+        server = {"cdp": "cdp-handlerd", "tcmu": "tcmu-runner"}.get(kind)
         for name, args in WORKLOADS:
+            before = cpu_ticks(vm, server)
             r = vm.ssh(shlex.join(fio_job(lun.dev, args, runtime)), timeout=runtime * 10 + 600)
+            after = cpu_ticks(vm, server)
             out[name] = parse_fio(r.stdout)
+            out[name].update(cpu_per_io(before, after, out[name]["iops"]))
             print(f"{kind} {name}: {out[name]}", flush=True)
         out["load"] = os.getloadavg()
         if kind == "cdp":
@@ -180,6 +184,35 @@ def run_backstore(
                 time.sleep(3)  # one more dump of the counts
                 out["profile"] = json.loads(vm.ssh("cat /root/profile.json").stdout)
     return out
+
+
+# Guest CPU accounting around one fio run: /proc/stat's busy ticks (all CPUs,
+# everything but idle and iowait) and the serving process's own utime+stime
+# (its main PID, all threads).  USER_HZ is 100 on Debian's kernel.
+CPU_TICKS = r"""
+awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat
+pid=$(systemctl show -p MainPID --value {unit} 2>/dev/null || echo 0)
+if [ -n "$pid" ] && [ "$pid" != 0 ]; then awk '{print $14+$15}' /proc/$pid/stat; else echo 0; fi
+awk '{print $1}' /proc/uptime
+"""
+
+
+def cpu_ticks(vm: vmctl.VM, unit: str | None) -> tuple[float, float, float, float]:
+    """(guest busy ticks, guest total ticks, process ticks, uptime s)."""
+    r = vm.ssh(CPU_TICKS.replace("{unit}", unit or "none.service"))
+    busy, total, proc, up = r.stdout.split()
+    return float(busy), float(total), float(proc), float(up)
+
+
+def cpu_per_io(before, after, iops: float) -> dict:
+    """Guest CPU per I/O (ms, all vCPUs) and the serving process's part of it."""
+    busy, total, proc, wall = (a - b for a, b in zip(after, before, strict=True))
+    ios = iops * wall  # fio's IOPS over its runtime; the ramp adds a little
+    return {
+        "guest_busy_pct": round(100 * busy / total, 1) if total else 0.0,
+        "guest_cpu_ms_per_io": round(10 * busy / ios, 2) if ios else 0.0,
+        "server_cpu_ms_per_io": round(10 * proc / ios, 2) if ios else 0.0,
+    }
 
 
 def wait_baseline(vm: vmctl.VM, timeout: float = 3600) -> float:
@@ -222,18 +255,30 @@ def section(results: dict, runtime: int, when: str, took: float) -> str:
         "at the end of each boot's run are given), so absolute figures are low and noisy;",
         "compare the ratios, which come from the same run.",
         "",
-        "| workload | backstore | IOPS | MB/s | p50 ms | p99 ms |",
-        "|---|---|---|---|---|---|",
+        "CPU columns: the guest's busy time per I/O over all vCPUs (fio, open-iscsi, LIO,",
+        "the handler, the page cache: everything), and the part of it the serving process",
+        "(cdp-handlerd or tcmu-runner; fileio has none) spent; `/proc/stat` and",
+        "`/proc/<pid>/stat` read before and after each fio run.",
+        "",
+        "| workload | backstore | IOPS | MB/s | p50 ms | p99 ms | guest busy | guest CPU ms/IO "
+        "| server CPU ms/IO |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, _ in WORKLOADS:
         for kind in BACKSTORES:
             r = results.get(kind, {}).get(name)
             if r is None:
-                lines.append(f"| {name} | {kind} | failed | | | |")
+                lines.append(f"| {name} | {kind} | failed | | | | | | |")
                 continue
+            cpu = (
+                f"{r['guest_busy_pct']:.0f}% | {r['guest_cpu_ms_per_io']:.2f} "
+                f"| {r['server_cpu_ms_per_io']:.2f}"
+                if "guest_busy_pct" in r
+                else " | | "
+            )
             lines.append(
                 f"| {name} | {kind} | {r['iops']:.0f} | {r['mbs']:.2f} | {r['p50_ms']:.1f} "
-                f"| {r['p99_ms']:.1f} |"
+                f"| {r['p99_ms']:.1f} | {cpu} |"
             )
     lines += ["", "| workload | cdp / tcmu-runner (goal >= 1.0) | cdp / fileio |", "|---|---|---|"]
     for name, _ in WORKLOADS:
