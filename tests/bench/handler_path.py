@@ -1,0 +1,114 @@
+"""The handler's data plane on the simulated ring, against the engine alone.
+
+What one SCSI command costs the daemon beyond the engine call it becomes:
+the ring parse (entry header, CDB, iovecs as memoryviews), the SCSI layer
+(CDB decode, range checks, data-out gathering), the completion and the
+``cmd_tail`` store.  The command path is :class:`TcmuDevice` with
+``workers=0`` (everything on the ring thread, as inline I/O does for reads
+and writes without FUA), fed by the byte-exact simulated kernel side of
+tests/unit/tcmu/sim_kernel.py in batches of 16 (QD16); only the daemon's
+``_serve_once`` is timed, not the simulation's queueing.  The reference is
+the same engine calls (``vol.write``/``vol.read`` of the same offsets) made
+directly, in the same run, on the same filesystem.
+
+The figure says how much the handler layer costs natively; under TCG (the
+test VM) every interpreted instruction costs far more, which is what
+docs/PERFORMANCE.md's fio section measures.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+from appliance.daemon.backend import VolumeBackend
+from appliance.daemon.device import DeviceOptions, TcmuDevice
+from appliance.engine import ProtectedVolume
+from appliance.scsi import DeviceIdentity, Limits, ScsiDevice
+from tests.unit.daemon.harness import SimUio
+from tests.unit.scsi.cdbs import rw10
+
+READ_10, WRITE_10 = 0x28, 0x2A
+QD = 16
+BS = 512
+
+
+def _volume(d: Path, size: int) -> ProtectedVolume:
+    return ProtectedVolume.create(
+        str(d / "state"), primary=str(d / "primary"), secondary=str(d / "sec"),
+        size=size, block_size=BS,
+    )  # fmt: skip
+
+
+def _through_ring(vol: ProtectedVolume, offsets: list[int], payload: bytes, write: bool) -> float:
+    uio = SimUio(data_blocks=QD * 2, mb_cmdr_size=64 * 4096)
+    scsi = ScsiDevice(VolumeBackend(vol), DeviceIdentity(str(vol.uuid)), limits=Limits(1 << 20))
+    dev = TcmuDevice("bench", uio.ring(), uio, scsi, DeviceOptions(workers=0))
+    n = len(payload)
+    took = 0.0
+    try:
+        for i in range(0, len(offsets), QD):
+            for off in offsets[i : i + QD]:
+                cdb = rw10(WRITE_10 if write else READ_10, off // BS, n // BS)
+                if write:
+                    queued = uio.sim.queue_cmd(cdb, data_out=payload)
+                else:
+                    queued = uio.sim.queue_cmd(cdb, data_in=n)
+                assert queued is not None, "simulated ring full"
+            t0 = time.perf_counter()
+            dev._serve_once()
+            took += time.perf_counter() - t0
+        assert all(c.status == 0 for c in uio.sim.completions), "a command failed"
+    finally:
+        dev.ring.close()
+        uio.close()
+        uio.sim.close()
+    return took
+
+
+def _direct(vol: ProtectedVolume, offsets: list[int], payload: bytes, write: bool) -> float:
+    t0 = time.perf_counter()
+    if write:
+        for off in offsets:
+            vol.write(off, payload)
+    else:
+        for off in offsets:
+            vol.read(off, len(payload))
+    return time.perf_counter() - t0
+
+
+def bench_handler_path(workdir: Path, count: int, size: int) -> list[dict]:
+    """4 KiB WRITE(10) and READ(10) through ring + SCSI vs the engine calls alone."""
+    rnd = random.Random(3)
+    offsets = [rnd.randrange(0, size // 4096) * 4096 for _ in range(count)]
+    payload = os.urandom(4096)
+    rows = []
+    for write in (True, False):
+        d = workdir / f"handler-{'w' if write else 'r'}"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        vol = _volume(d, size)
+        try:
+            if not write:  # read what is there: written once, page cache warm
+                _direct(vol, offsets, payload, True)
+            # Alternate, so that a cache or a neighbour affects both alike.
+            half = len(offsets) // 2
+            ring = _through_ring(vol, offsets[:half], payload, write)
+            direct = _direct(vol, offsets[half:], payload, write)
+            ring += _through_ring(vol, offsets[half:], payload, write)
+            direct += _direct(vol, offsets[:half], payload, write)
+        finally:
+            vol.close()
+            shutil.rmtree(d, ignore_errors=True)
+        what = "WRITE(10)" if write else "READ(10)"
+        rows.append({
+            "name": f"4 KiB {what} through the TCMU ring + SCSI layer vs the engine call alone",
+            "ratio": direct / ring,
+            "goal": ">= 0.5",
+            "detail": f"{count} commands in batches of {QD}: {ring / count * 1e6:.0f} µs per "
+                      f"command through the ring, {direct / count * 1e6:.0f} µs engine alone",
+        })  # fmt: skip
+    return rows
