@@ -41,6 +41,22 @@ UNIT = "cdp-handlerd"
 SITE = "/opt/cdp/site"
 PYTHON = f"/usr/bin/env PYTHONPATH={SITE} /usr/bin/python3"
 DAEMON = f"{PYTHON} -c 'import sys; from appliance.daemon.main import main; sys.exit(main())'"
+
+
+def unit_environment(unit: Path) -> dict[str, str]:
+    """The ``Environment=`` settings of a systemd unit file."""
+    env = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            for item in shlex.split(line.removeprefix("Environment=")):
+                key, _, value = item.partition("=")
+                env[key] = value
+    return env
+
+
+# The appliance's own unit's environment (the allocator settings), so that the
+# daemon under test runs as it does on the appliance.
+DAEMON_ENV = unit_environment(REPO / "firmware/systemd/cdp-handlerd.service")
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64",
              "manylinux_2_34_x86_64", "any")  # fmt: skip
 
@@ -96,7 +112,8 @@ def start_daemon_unit(
     """Start cdp-handlerd as a transient ``Restart=always`` service; seconds to READY=1.
 
     ``command`` replaces the daemon's command line (e.g. a profiling wrapper)."""
-    envs = " ".join(f"-E {shlex.quote(f'{k}={v}')}" for k, v in (env or {}).items())
+    env = {**DAEMON_ENV, **(env or {})}
+    envs = " ".join(f"-E {shlex.quote(f'{k}={v}')}" for k, v in env.items())
     t0 = time.monotonic()
     vm.ssh(
         f"systemd-run --unit={UNIT} -p Type=notify -p NotifyAccess=main -p Restart=always"
