@@ -30,19 +30,13 @@ from appliance.daemon.device import DeviceOptions, TcmuDevice
 from appliance.engine import ProtectedVolume
 from appliance.scsi import DeviceIdentity, Limits, ScsiDevice
 from appliance.tcmu import CommandRing
+from tests.bench.run import new_volume
 from tests.unit.daemon.harness import SimUio
 from tests.unit.scsi.cdbs import rw10
 
 READ_10, WRITE_10 = 0x28, 0x2A
 QD = 16
 BS = 512
-
-
-def _volume(d: Path, size: int) -> ProtectedVolume:
-    return ProtectedVolume.create(
-        str(d / "state"), primary=str(d / "primary"), secondary=str(d / "sec"),
-        size=size, block_size=BS,
-    )  # fmt: skip
 
 
 def _through_ring(vol: ProtectedVolume, offsets: list[int], payload: bytes, write: bool) -> float:
@@ -96,7 +90,7 @@ def bench_handler_path(workdir: Path, count: int, size: int) -> list[dict]:
         d = workdir / f"handler-{'w' if write else 'r'}"
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
-        vol = _volume(d, size)
+        vol = new_volume(d, size=size, block_size=BS)
         try:
             # Write every offset once first: blocks allocated, DRL regions already
             # dirty (a first touch costs a DRL sync), page cache warm for the reads.

@@ -27,7 +27,6 @@ from appliance.engine import record as R
 from appliance.engine.fileio import OsFileIO
 from appliance.engine.journal import Journal
 from tests.bench import fio_section
-from tests.bench.handler_path import bench_handler_path
 
 MiB = 1 << 20
 
@@ -473,6 +472,8 @@ def main(argv=None) -> None:
     rows += bench_drl_latency(workdir, 64 * MiB if q else 1024 * MiB, 1.0 if q else 8.0)
     rows += bench_restore(workdir, 32 * MiB if q else 1024 * MiB)
     rows += bench_retention(workdir, 32 * MiB if q else 256 * MiB, 3 if q else 8)
+    from tests.bench.handler_path import bench_handler_path  # it uses new_volume from here
+
     rows += bench_handler_path(workdir, 320 if q else 20_000, 64 * MiB if q else 256 * MiB)
     for r in rows:
         fig = r.get("text") or (f"{r['ratio']:.2f}x" if "ratio" in r else f"{r['value']:.3f}")
