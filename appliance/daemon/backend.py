@@ -54,30 +54,43 @@ log = structlog.get_logger("cdp.handler.backend")
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
+def translate(exc: Exception, what: str, offset: int | None = None) -> Exception | None:
+    """The backend error for an engine error (see the module table), or None
+    for an exception that is not the engine's (it propagates as it is)."""
+    if isinstance(exc, BackendError):
+        return exc
+    if isinstance(exc, VolumeClosed):
+        return NotReady(str(exc))
+    if isinstance(exc, Busy):
+        return BackendBusy(str(exc))
+    if isinstance(exc, PrimaryIOError | JournalCorrupt):
+        if getattr(exc.__cause__, "errno", None) in _NO_SPACE:
+            return SpaceAllocationFailed(str(exc))
+        return MediumError(f"{what}: {exc}", offset=offset)
+    if isinstance(exc, InvalidArgument):
+        log.error("backend.refused", what=what, error=str(exc))
+        return BackendError(f"{what}: {exc}")
+    if isinstance(exc, CdpError):
+        return BackendError(f"{what}: {exc}")
+    if isinstance(exc, OSError):
+        if exc.errno in _NO_SPACE:
+            return SpaceAllocationFailed(f"{what}: {exc}")
+        return MediumError(f"{what}: {exc}", offset=offset)
+    return None
+
+
 @contextmanager
 def engine_errors(what: str, offset: int | None = None):
-    """Translate engine errors raised inside the block (see the module table)."""
+    """Translate engine errors raised inside the block (:func:`translate`)."""
     try:
         yield
-    except BackendError:
-        raise
-    except VolumeClosed as exc:
-        raise NotReady(str(exc)) from exc
-    except Busy as exc:
-        raise BackendBusy(str(exc)) from exc
-    except (PrimaryIOError, JournalCorrupt) as exc:
-        if getattr(exc.__cause__, "errno", None) in _NO_SPACE:
-            raise SpaceAllocationFailed(str(exc)) from exc
-        raise MediumError(f"{what}: {exc}", offset=offset) from exc
-    except InvalidArgument as exc:
-        log.error("backend.refused", what=what, error=str(exc))
-        raise BackendError(f"{what}: {exc}") from exc
-    except CdpError as exc:
-        raise BackendError(f"{what}: {exc}") from exc
-    except OSError as exc:
-        if exc.errno in _NO_SPACE:
-            raise SpaceAllocationFailed(f"{what}: {exc}") from exc
-        raise MediumError(f"{what}: {exc}", offset=offset) from exc
+    except Exception as exc:
+        err = translate(exc, what, offset)
+        if err is None:
+            raise
+        if err is exc:
+            raise
+        raise err from exc
 
 
 class VolumeBackend:
@@ -92,15 +105,33 @@ class VolumeBackend:
         self.size = volume.size
         self.block_size = volume.block_size
 
+    def batch(self):
+        """Writes inside have their journal records written when it ends, by
+        the calling thread (``ProtectedVolume.batch``)."""
+        return self.volume.batch()
+
+    # read and write: every SCSI READ and WRITE comes here, so a plain
+    # try/except (free when nothing is raised) instead of engine_errors.
+
     def read(self, offset: int, length: int) -> bytes:
-        with engine_errors("read", offset):
+        try:
             return self.volume.read(offset, length)
+        except Exception as exc:
+            err = translate(exc, "read", offset)
+            if err is None or err is exc:
+                raise
+            raise err from exc
 
     def write(self, offset: int, data, *, fua: bool = False) -> None:
         # The engine copies the payload (bytes(data)) before returning, so a
         # memoryview of the TCMU data area is safe to hand over.
-        with engine_errors("write", offset):
+        try:
             self.volume.write(offset, data, fua=fua)
+        except Exception as exc:
+            err = translate(exc, "write", offset)
+            if err is None or err is exc:
+                raise
+            raise err from exc
 
     def write_zeros(self, offset: int, length: int, *, unmap: bool = False) -> None:
         with engine_errors("write_zeros", offset):

@@ -9,7 +9,11 @@ Semantics (the byte layouts are in docs/FORMAT.md):
   once, under one lock, so journal order *is* sequence order.  The record then
   waits in memory for the committer.
 * The **writer** thread takes everything pending and writes it with one
-  ``pwritev`` per segment touched.  The **syncer** thread, beside it, runs one
+  ``pwritev`` per segment touched.  A caller that appends a burst (the
+  handler's ring thread, one burst per ring poll) may instead write the burst
+  itself when it ends (:meth:`Journal.batch`): no thread hand-off per burst,
+  which under emulation costs more than the write.  One writer at a time
+  (``_io_lock``), always in append order.  The **syncer** thread, beside it, runs one
   ``fdatasync`` for everything written so far whenever anybody waits for
   durability (or 5 s passed, or 65,536 records are unsynced), while the writer
   goes on filling the page cache: a pipelined group commit.  A record is
@@ -97,6 +101,23 @@ class ScanResult:
     torn_segment: int | None = None
 
 
+class _Batch:
+    """``with journal.batch():`` (a class, not a generator: dropping one that
+    was never left writes nothing)."""
+
+    __slots__ = ("_journal",)
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+
+    def __enter__(self) -> None:
+        self._journal._hold(1)
+
+    def __exit__(self, *exc) -> None:
+        self._journal._hold(-1)
+        self._journal.write_out()
+
+
 def segment_path(folder: str, segno: int) -> str:
     return os.path.join(folder, f"{segno:016x}.seg")
 
@@ -150,6 +171,11 @@ class Journal:
         self._pending: list[tuple[Rec, bytes | tuple, object]] = []  # header or its fields
         self._pending_bytes = 0
         self._writer_idle = False  # the writer waits for records (append wakes it)
+        self._holders = 0  # open batch() blocks: their owners write the records out
+        self._held_back = 0  # appenders waiting for the pending records to drain
+        # One writer of segment files at a time, the writer thread or a batch
+        # owner; taken before _cond, never while holding it.
+        self._io_lock = threading.Lock()
         self._next_seq = 1
         self._last_seq = 0  # last assigned
         self._last_time = 0
@@ -389,7 +415,12 @@ class Journal:
                 and self._pending
                 or len(self._pending) >= MAX_PENDING_RECORDS
             ) and not self._failed:
-                self._cond.wait()
+                self._cond.notify_all()  # a batch owner waiting here needs the writer
+                self._held_back += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._held_back -= 1
             if self._failed:
                 raise self._failed
             if self._closing:
@@ -414,9 +445,49 @@ class Journal:
             self._pos += size
             self._last_seq = seq
             self._last_time = now
-            if self._writer_idle:  # nobody else waits for a new record
+            if self._writer_idle and not self._holders:  # a batch owner writes it
                 self._cond.notify_all()
             return rec
+
+    def batch(self) -> _Batch:
+        """Context manager: records appended inside (by any thread) are written
+        on leaving, by the caller, with one ``pwritev`` (:meth:`write_out`),
+        instead of waking the writer thread.  A ``sync`` inside still wakes it.
+        """
+        return _Batch(self)
+
+    def _hold(self, delta: int) -> None:
+        with self._cond:
+            self._holders += delta
+
+    def write_out(self) -> None:
+        """Write every pending record now, on the caller's thread.
+
+        Never raises: a failed write fails the journal (fail-stop, as in the
+        writer thread) and the next ``append`` or ``sync`` reports it.  Never
+        waits either: the records are left to the writer thread when it is
+        writing already, when they start a new segment (the rollover
+        fdatasyncs the old one), or when the syncer is far behind.
+        """
+        if not self._io_lock.acquire(blocking=False):
+            with self._cond:
+                if self._pending:
+                    self._cond.notify_all()  # the writer looks again when done
+            return
+        try:
+            with self._cond:
+                if not self._pending or self._failed:
+                    return
+                if (
+                    self._pending[-1][0].addr >> 32 != self._wsegno
+                    or self._unsynced >= 2 * MAX_UNSYNCED_RECORDS
+                ):
+                    self._cond.notify_all()
+                    return
+                batch = self._take_pending()
+            self._write_out(batch)
+        finally:
+            self._io_lock.release()
 
     def undelivered(self) -> list[Rec]:
         """After a failure: records appended but never reported durable."""
@@ -545,22 +616,50 @@ class Journal:
                         self._writer_idle = False
                 if self._failed or not self._pending:
                     return
-                batch, self._pending = self._pending, []
-                self._pending_bytes = 0
-                self._cond.notify_all()
-            try:
-                self._write_batch(batch)
-            except Exception as exc:
+            with self._io_lock:
                 with self._cond:
-                    self._lost.extend(rec for rec, _, _ in batch)
-                self._fail(exc)
-                return
-            faults.point("journal.after_write", last_seq=batch[-1][0].seq)
+                    if self._failed:
+                        return
+                    if not self._pending:  # a batch owner wrote them meanwhile
+                        continue
+                    batch = self._take_pending()
+                if not self._write_out(batch):
+                    return
+
+    def _take_pending(self) -> list:
+        """Everything pending, in append order (``_io_lock`` and ``_cond`` held)."""
+        batch, self._pending = self._pending, []
+        self._pending_bytes = 0
+        if self._held_back:
+            self._cond.notify_all()
+        return batch
+
+    def _write_out(self, batch: list) -> bool:
+        """Write ``batch`` and hand it to the syncer (``_io_lock`` held).
+        False if the journal failed."""
+        try:
+            self._write_batch(batch)
+        except Exception as exc:
             with self._cond:
-                self._inflight.extend(rec for rec, _, _ in batch)
-                self._written_seq = batch[-1][0].seq
-                self._unsynced += len(batch)
+                self._lost.extend(rec for rec, _, _ in batch)
+            self._fail(exc)
+            return False
+        faults.point("journal.after_write", last_seq=batch[-1][0].seq)
+        with self._cond:
+            syncer_idle = self._written_seq <= self._durable_seq  # waits with no timer
+            self._inflight.extend(rec for rec, _, _ in batch)
+            self._written_seq = batch[-1][0].seq
+            self._unsynced += len(batch)
+            # Wake the syncer only when this changes what it waits for (a wake-up
+            # per batch, and the GIL hand-offs it brings, is measurable).
+            if (
+                syncer_idle
+                or self._sync_wanted > self._durable_seq
+                or self._unsynced >= MAX_UNSYNCED_RECORDS
+                or self._closing
+            ):
                 self._cond.notify_all()
+        return True
 
     def _sync_due(self, last_sync: float) -> float | None:
         """0 when the syncer should sync now, else how long to wait (lock held)."""

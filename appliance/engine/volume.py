@@ -3,13 +3,15 @@
 Write path (one write; the step names are the ones docs/DURABILITY.md uses):
 
 W1. validate (block multiples, inside the volume) -- a refused call changes nothing;
-W2. checksum the payload (outside any lock);
+W2. mark the write's DRL regions dirty (durable before the primary is touched);
 W3. holding the write's range of the volume's order lock (orderlock.py:
     overlapping writes wait for each other, disjoint ones run side by side,
     during a restore each write is exclusive): write the primary, then append
     the record (this assigns the sequence number and the journal address), so
     that overlapping writes reach the primary, the journal and every image in
-    sequence order;
+    sequence order.  The record's payload crc is computed and the record
+    written by the journal's writer thread, or, inside :meth:`batch`, by the
+    caller when the batch ends;
 W4. return the sequence number.  The write is *acknowledged as durable* only
     when a later ``flush()`` (or ``fua=True`` on the write) returns: the
     journal's group commit has fdatasynced the record and the primary has
@@ -454,8 +456,15 @@ class ProtectedVolume(Protection):
         ]
         return self._host_write(pieces, R.WRITE, fua)
 
+    def batch(self):
+        """Context manager: the journal records of the writes made inside are
+        written by the calling thread when it ends (one ``pwritev``), not
+        handed to the writer thread.  The handler's ring thread wraps every
+        ring poll in one; acknowledgement rules are unchanged (W4)."""
+        return self._journal.batch()
+
     def _host_write(self, pieces, kind: int, fua: bool) -> int | None:
-        """W2-W4 of the module docstring, with the DRL marked first ([0049])."""
+        """W2-W4 of the module docstring ([0049]: the DRL first)."""
         if self._primary_failed is not None:
             raise self._primary_failed
         pinned = not self._oos

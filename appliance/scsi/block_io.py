@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from .buffer import DataOut
 from .cdb import be, check_range, lba_and_length
-from .constants import INVALID_FIELD_IN_COMMAND_IU, Op, SenseKey
+from .constants import INVALID_FIELD_IN_COMMAND_IU, Op, SenseKey, Status
 from .errors import BackendBusy
 from .result import GOOD, ScsiResult, data_in
 from .sense import CheckCondition, invalid_field_in_cdb, miscompare
@@ -63,6 +63,75 @@ def first_difference(a, b) -> int | None:
                 if a[i] != b[i]:
                     return i
     return None  # pragma: no cover - a != b guarantees a hit
+
+
+# -- the fast path: plain READ/WRITE(10/16), the commands that carry the data --
+#
+# ``ScsiDevice.execute`` tries these before the generic dispatch.  They take
+# only CDBs the generic path would run without complaint -- no bit outside the
+# usage bitmap, a non-zero length within the transfer limit and the capacity,
+# all data-out present, a writable LUN -- and return None for anything else, so
+# the generic path produces the exact error.  What they skip is the cost of
+# the generality (table lookup, bitmap walk, DataOut), not a check:
+# ``tests/unit/scsi/test_fast_path.py`` runs both on the same CDBs.
+
+
+def _plain(cdb: bytes, reserved: int) -> tuple[int, int] | None:
+    """``(lba, blocks)`` of a READ/WRITE(10/16) with no bit set outside the
+    usage bitmap (``reserved``: byte 1's forbidden bits), else None."""
+    if cdb[0] & 0x80:  # (16)
+        if len(cdb) < 16 or cdb[1] & reserved or cdb[14] & 0xC0 or cdb[15]:
+            return None
+        return int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[10:14], "big")
+    if len(cdb) < 10 or cdb[1] & reserved or cdb[6] & 0xC0 or cdb[9]:
+        return None
+    return int.from_bytes(cdb[2:6], "big"), (cdb[7] << 8) | cdb[8]
+
+
+def _fits(dev: ScsiDevice, lba: int, blocks: int) -> bool:
+    return 0 < blocks <= dev.limits.max_transfer and (lba + blocks) * dev.block_size <= (
+        dev.backend.size
+    )
+
+
+def fast_read(dev: ScsiDevice, cdb: bytes, data_out) -> ScsiResult | None:
+    where = _plain(cdb, 0xE1)  # RDPROTECT, bit 0
+    if where is None or not _fits(dev, *where):
+        return None
+    lba, blocks = where
+    bs = dev.block_size
+    payload = dev.backend.read(lba * bs, blocks * bs)
+    if len(payload) != blocks * bs:
+        raise RuntimeError(f"backend read returned {len(payload)} of {blocks * bs} bytes")
+    return ScsiResult(Status.GOOD, payload)
+
+
+def fast_write(dev: ScsiDevice, cdb: bytes, data_out) -> ScsiResult | None:
+    where = _plain(cdb, 0xE5)  # WRPROTECT, bits 2 and 0
+    if where is None or dev.read_only or data_out is None or not _fits(dev, *where):
+        return None
+    lba, blocks = where
+    n = blocks * dev.block_size
+    if isinstance(data_out, bytes | bytearray | memoryview):
+        payload = data_out
+    elif len(data_out) == 1:
+        payload = data_out[0]
+    else:
+        payload = b"".join(data_out)  # the engine copies the payload anyway
+    if len(payload) < n:
+        return None  # short data-out: the generic path says so
+    if len(payload) > n:
+        payload = memoryview(payload)[:n]
+    dev.backend.write(lba * dev.block_size, payload, fua=bool(cdb[1] & FUA) or not dev.write_cache)
+    return GOOD
+
+
+FAST_PATH = {
+    Op.READ_10: fast_read,
+    Op.READ_16: fast_read,
+    Op.WRITE_10: fast_write,
+    Op.WRITE_16: fast_write,
+}
 
 
 def read(dev: ScsiDevice, cdb: bytes, data: DataOut) -> ScsiResult:

@@ -8,7 +8,9 @@ backend errors are mapped by type (see :mod:`appliance.scsi.errors`), and
 any other exception becomes HARDWARE ERROR / INTERNAL TARGET FAILURE and is
 logged.  A refused command does not reach the backend.
 
-Steps: look the opcode (and service action) up in the command table
+Plain READ/WRITE(10/16) first try ``block_io.FAST_PATH``: the same checks
+and the same outcome, without the table walk (it hands back anything
+unusual).  Steps: look the opcode (and service action) up in the command table
 (INVALID COMMAND OPERATION CODE if absent), refuse bits outside the CDB usage
 bitmap (INVALID FIELD IN CDB with a field pointer), refuse medium-changing
 commands on a read-only LUN (DATA PROTECT / WRITE PROTECTED), then run the
@@ -121,6 +123,12 @@ class ScsiDevice:
         spec = None
         try:
             cdb = bytes(cdb)
+            fast = _FAST_PATH.get(cdb[0]) if cdb else None
+            if fast is not None:
+                spec = _FAST_SPECS[cdb[0]]  # what a backend error is mapped against
+                result = fast(self, cdb, data_out)
+                if result is not None:
+                    return result
             spec = lookup(cdb)
             check_cdb(spec, cdb)
             if spec.writes and self.read_only:
@@ -285,3 +293,6 @@ _HANDLERS: dict[tuple[int, int | None], Handler] = {
 
 if set(_HANDLERS) != set(BY_KEY):  # pragma: no cover - a wiring mistake
     raise ImportError("SCSI command table and handler table disagree")
+
+_FAST_PATH = block_io.FAST_PATH
+_FAST_SPECS = {op: BY_KEY[(op, None)] for op in _FAST_PATH}

@@ -187,31 +187,41 @@ def run_backstore(
 
 
 # Guest CPU accounting around one fio run: /proc/stat's busy ticks (all CPUs,
-# everything but idle and iowait) and the serving process's own utime+stime
-# (its main PID, all threads).  USER_HZ is 100 on Debian's kernel.
+# everything but idle and iowait), the serving process's utime and stime (its
+# main PID, all threads) and its context switches (voluntary + involuntary,
+# summed over its threads: each is a futex or a blocking call, and costly under
+# TCG).  USER_HZ is 100 on Debian's kernel.
 CPU_TICKS = r"""
 awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat
 pid=$(systemctl show -p MainPID --value {unit} 2>/dev/null || echo 0)
-if [ -n "$pid" ] && [ "$pid" != 0 ]; then awk '{print $14+$15}' /proc/$pid/stat; else echo 0; fi
+if [ -n "$pid" ] && [ "$pid" != 0 ]; then
+  awk '{print $14, $15}' /proc/$pid/stat
+  cat /proc/$pid/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s + 0}'
+else echo 0 0; echo 0; fi
 awk '{print $1}' /proc/uptime
 """
 
 
-def cpu_ticks(vm: vmctl.VM, unit: str | None) -> tuple[float, float, float, float]:
-    """(guest busy ticks, guest total ticks, process ticks, uptime s)."""
+def cpu_ticks(vm: vmctl.VM, unit: str | None) -> tuple[float, ...]:
+    """(guest busy ticks, guest total ticks, process utime, stime, context
+    switches, uptime s)."""
     r = vm.ssh(CPU_TICKS.replace("{unit}", unit or "none.service"))
-    busy, total, proc, up = r.stdout.split()
-    return float(busy), float(total), float(proc), float(up)
+    return tuple(float(x) for x in r.stdout.split())
 
 
 def cpu_per_io(before, after, iops: float) -> dict:
     """Guest CPU per I/O (ms, all vCPUs) and the serving process's part of it."""
-    busy, total, proc, wall = (a - b for a, b in zip(after, before, strict=True))
+    busy, total, utime, stime, switches, wall = (a - b for a, b in zip(after, before, strict=True))
     ios = iops * wall  # fio's IOPS over its runtime; the ramp adds a little
+    if not ios:
+        return {}
     return {
         "guest_busy_pct": round(100 * busy / total, 1) if total else 0.0,
-        "guest_cpu_ms_per_io": round(10 * busy / ios, 2) if ios else 0.0,
-        "server_cpu_ms_per_io": round(10 * proc / ios, 2) if ios else 0.0,
+        "guest_cpu_ms_per_io": round(10 * busy / ios, 2),
+        "server_cpu_ms_per_io": round(10 * (utime + stime) / ios, 2),
+        "server_user_ms_per_io": round(10 * utime / ios, 2),
+        "server_sys_ms_per_io": round(10 * stime / ios, 2),
+        "server_switches_per_io": round(switches / ios, 1),
     }
 
 
@@ -257,25 +267,31 @@ def section(results: dict, runtime: int, when: str, took: float) -> str:
         "",
         "CPU columns: the guest's busy time per I/O over all vCPUs (fio, open-iscsi, LIO,",
         "the handler, the page cache: everything), and the part of it the serving process",
-        "(cdp-handlerd or tcmu-runner; fileio has none) spent; `/proc/stat` and",
-        "`/proc/<pid>/stat` read before and after each fio run.",
+        "(cdp-handlerd or tcmu-runner; fileio has none) spent, split into user and kernel",
+        "time, and that process's context switches per I/O (all its threads; each is a",
+        "futex or a blocking call); `/proc/stat`, `/proc/<pid>/stat` and",
+        "`/proc/<pid>/task/*/status` read before and after each fio run.",
         "",
         "| workload | backstore | IOPS | MB/s | p50 ms | p99 ms | guest busy | guest CPU ms/IO "
-        "| server CPU ms/IO |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| server CPU ms/IO (user + sys) | server switches/IO |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, _ in WORKLOADS:
         for kind in BACKSTORES:
             r = results.get(kind, {}).get(name)
             if r is None:
-                lines.append(f"| {name} | {kind} | failed | | | | | | |")
+                lines.append(f"| {name} | {kind} | failed | | | | | | | |")
                 continue
-            cpu = (
-                f"{r['guest_busy_pct']:.0f}% | {r['guest_cpu_ms_per_io']:.2f} "
-                f"| {r['server_cpu_ms_per_io']:.2f}"
-                if "guest_busy_pct" in r
-                else " | | "
-            )
+            cpu = " | | | "
+            if "guest_busy_pct" in r:
+                cpu = f"{r['guest_busy_pct']:.0f}% | {r['guest_cpu_ms_per_io']:.2f} | "
+                if "server_user_ms_per_io" in r:
+                    cpu += (
+                        f"{r['server_cpu_ms_per_io']:.2f} ({r['server_user_ms_per_io']:.2f} "
+                        f"+ {r['server_sys_ms_per_io']:.2f}) | {r['server_switches_per_io']:.1f}"
+                    )
+                else:  # recorded before the split was measured
+                    cpu += f"{r['server_cpu_ms_per_io']:.2f} | "
             lines.append(
                 f"| {name} | {kind} | {r['iops']:.0f} | {r['mbs']:.2f} | {r['p50_ms']:.1f} "
                 f"| {r['p99_ms']:.1f} | {cpu} |"

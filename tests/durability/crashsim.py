@@ -27,6 +27,7 @@ image after it as a new base and goes on from there.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import shutil
@@ -162,12 +163,28 @@ class Workload:
             run.trace.append(f"prefill {prefill // (64 << 10)} x 64 KiB -> {run.ack_seq}")
         if arm is not None:
             arm(self.fs)
+        batch = contextlib.ExitStack()
+        left = 0  # ops still to run inside the open vol.batch() (the handler's ring poll)
         try:
             for _ in range(n_ops):
-                self.step(self.rng.choices(OPS, weights)[0])
+                kind = self.rng.choices(OPS, weights)[0]
+                if kind in ("reopen", "kill") and left:
+                    left = 0
+                    batch.close()  # the ring thread's poll ends before any stop
+                elif not left and kind not in ("reopen", "kill") and self.rng.random() < 0.3:
+                    left = self.rng.randint(1, 8)
+                    batch.enter_context(self.vol.batch())
+                    run.trace.append(f"batch of up to {left} ops")
+                self.step(kind)
+                if left:
+                    left -= 1
+                    if not left:
+                        batch.close()
                 if self.fs.crashed:
                     break
+            batch.close()
         except _Died as exc:
+            batch.pop_all()  # the process died inside the poll: nothing more is written
             run.trace.append(f"  {exc} (crashed)")
             if exc.vol is not None:
                 self.vol = exc.vol
