@@ -28,6 +28,7 @@ cache key); for the cdp and fileio boots tcmu-runner is stopped and masked.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shlex
@@ -169,11 +170,21 @@ def run_backstore(
         out["timings"]["prefill 64 MiB"] = time.monotonic() - t0
         server = {"cdp": "cdp-handlerd", "tcmu": "tcmu-runner"}.get(kind)
         for name, args in WORKLOADS:
+            procs = proc_ticks(vm)
             before = cpu_ticks(vm, server)
             r = vm.ssh(shlex.join(fio_job(lun.dev, args, runtime)), timeout=runtime * 10 + 600)
             after = cpu_ticks(vm, server)
+            procs = proc_ticks(vm) - procs
             out[name] = parse_fio(r.stdout)
             out[name].update(cpu_per_io(before, after, out[name]["iops"]))
+            ios = out[name]["iops"] * (after[-1] - before[-1])
+            cpu = collections.Counter({k: v for k, v in procs.items() if " " not in k})
+            out[name]["top_ms_per_io"] = {
+                comm: round(10 * ticks / ios, 2) for comm, ticks in cpu.most_common(8)
+            } if ios else {}  # fmt: skip
+            out[name]["disk_per_io"] = {
+                k: round(v / ios, 2) for k, v in sorted(procs.items()) if " " in k and v
+            } if ios else {}  # fmt: skip
             print(f"{kind} {name}: {out[name]}", flush=True)
         out["load"] = os.getloadavg()
         if kind == "cdp":
@@ -207,6 +218,37 @@ def cpu_ticks(vm: vmctl.VM, unit: str | None) -> tuple[float, ...]:
     switches, uptime s)."""
     r = vm.ssh(CPU_TICKS.replace("{unit}", unit or "none.service"))
     return tuple(float(x) for x in r.stdout.split())
+
+
+# CPU ticks per command name (digits folded: kworker/u4:2 -> kworker/uN:N), all
+# processes and kernel threads: where the guest's time goes besides the server.
+PROC_TICKS = r"""python3 - <<'EOF'
+import json, os, re
+out = {}
+for pid in os.listdir("/proc"):
+    if pid.isdigit():
+        try:
+            s = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue
+        end = s.rindex(")")
+        comm = re.sub(r"[0-9]+", "N", s[s.index("(") + 1 : end])
+        f = s[end + 2 :].split()
+        out[comm] = out.get(comm, 0) + int(f[11]) + int(f[12])
+for line in open("/proc/diskstats"):
+    f = line.split()
+    if re.fullmatch(r"[sv]d[a-z]", f[2]):  # writes, sectors written, flushes
+        for key, i in (("writes", 7), ("sectors", 9), ("flushes", 18)):
+            out[f"{f[2]} {key}"] = int(f[i]) if len(f) > i else 0
+for info in __import__("glob").glob("/proc/fs/jbd2/*/info"):
+    first = open(info).readline().split()[0]  # "N transactions (M requested), ..."
+    out["jbd2 " + info.split("/")[4] + " commits"] = int(first)
+print(json.dumps(out))
+EOF"""
+
+
+def proc_ticks(vm: vmctl.VM) -> collections.Counter:
+    return collections.Counter(json.loads(vm.ssh(PROC_TICKS).stdout))
 
 
 def cpu_per_io(before, after, iops: float) -> dict:

@@ -71,9 +71,11 @@ def _through_ring(vol: ProtectedVolume, offsets: list[int], payload: bytes, writ
 
 def _direct(vol: ProtectedVolume, offsets: list[int], payload: bytes, write: bool) -> float:
     t0 = time.perf_counter()
-    if write:
-        for off in offsets:
-            vol.write(off, payload)
+    if write:  # in batches of QD, as the ring thread writes a poll's records
+        for i in range(0, len(offsets), QD):
+            with vol.batch():
+                for off in offsets[i : i + QD]:
+                    vol.write(off, payload)
     else:
         for off in offsets:
             vol.read(off, len(payload))
