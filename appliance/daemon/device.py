@@ -123,9 +123,13 @@ class DeviceStats:
     by_status: dict[int, int] = field(default_factory=dict)
 
 
-def _runs_inline(cdb: bytes) -> bool:
+def _runs_inline(cdb: bytes, write_cache: bool = True) -> bool:
+    """On the ring thread?  A write only when it need not wait for a disk: no
+    FUA bit, and the write cache on (with WCE=0 every write is FUA)."""
     op = cdb[0]
-    return op in INLINE_OPCODES or (op in INLINE_UNLESS_FUA and not cdb[1] & FUA_BIT)
+    if op in INLINE_OPCODES:
+        return write_cache or op != Op.WRITE_6
+    return op in INLINE_UNLESS_FUA and write_cache and not cdb[1] & FUA_BIT
 
 
 class _Done:
@@ -275,7 +279,7 @@ class TcmuDevice:
 
     def _dispatch(self, cmd: Command) -> None:
         self.stats.commands += 1
-        if self._pool is None or (self._inline and _runs_inline(cmd.cdb)):
+        if self._pool is None or (self._inline and _runs_inline(cmd.cdb, self.scsi.write_cache)):
             self._complete(self._execute(cmd, self._clock()))
             return
         if self._inflight >= self.options.max_queued:

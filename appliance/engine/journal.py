@@ -528,9 +528,25 @@ class Journal:
                 for t in self._threads:
                     t.join()
                 self._threads = []
-        for fd in self._old_fds + ([self._wfd] if self._wfd is not None else []):
-            self.io.close(fd)
-        self._old_fds, self._wfd = [], None
+        # A batch owner (another thread) may still be in write_out: let it
+        # finish, and make what it wrote durable, before the fds go away (a
+        # closed fd number could be reused by the next open under its pwritev).
+        with self._io_lock:
+            if self._failed is None and self._wfd is not None:
+                with self._cond:
+                    late = self._written_seq > self._durable_seq
+                if late:
+                    try:
+                        self._segment_sync(self._wfd)
+                    except Exception:
+                        pass  # _segment_sync failed the journal: nothing more is durable
+                    else:
+                        with self._cond:
+                            self._durable_seq = self._written_seq
+                            self._inflight = []
+            for fd in self._old_fds + ([self._wfd] if self._wfd is not None else []):
+                self.io.close(fd)
+            self._old_fds, self._wfd = [], None
         with self._rlock:
             for fd in list(self._rfds.values()) + self._retired_fds:
                 self.io.close(fd)

@@ -118,6 +118,8 @@ def fast_write(dev: ScsiDevice, cdb: bytes, data_out) -> ScsiResult | None:
         payload = data_out[0]
     else:
         payload = b"".join(data_out)  # the engine copies the payload anyway
+    if isinstance(payload, memoryview) and (payload.itemsize != 1 or payload.ndim != 1):
+        return None  # DataOut counts such views in bytes
     if len(payload) < n:
         return None  # short data-out: the generic path says so
     if len(payload) > n:

@@ -132,3 +132,63 @@ def test_write_out_never_waits_for_a_busy_writer(tmp_path):
         assert j.sync(seq) >= seq  # the writer thread took it afterwards
     finally:
         vol.close()
+
+
+class GatedIO(OsFileIO):
+    """pwritev_all on one thread waits for ``release`` (a ring thread caught
+    in the middle of a batch's write-out)."""
+
+    def __init__(self) -> None:
+        self.thread = None
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def pwritev_all(self, fd, buffers, offset):
+        if threading.current_thread().name == self.thread:
+            self.entered.set()
+            self.release.wait(30)
+        return super().pwritev_all(fd, buffers, offset)
+
+
+def test_close_waits_for_a_batch_write_out_in_flight_and_makes_it_durable(tmp_path):
+    """A write racing close(): appended after close's final sync, taken by its
+    batch owner, its pwritev not done when the writer and syncer have stopped.
+    close() must neither close the fd under it nor leave it unsynced."""
+    io = GatedIO()
+    vol = make_volume(tmp_path, io=io)
+    j = journal_of(vol)
+    vol.flush()
+    seqs = []
+
+    def ring_thread():
+        with vol.batch():
+            seqs.append(vol.write(8192, pattern(5, 4096)))
+
+    io.thread = "ring"
+    ring = threading.Thread(target=ring_thread, name="ring")
+    real_sync = j.sync
+
+    def sync_then_race(seq=None):
+        out = real_sync(seq)
+        ring.start()
+        assert io.entered.wait(10)  # taken, its pwritev not done
+        return out
+
+    j.sync = sync_then_race
+    closer = threading.Thread(target=j.close)
+    closer.start()
+    closer.join(1.0)
+    assert closer.is_alive()  # close waits for the write-out, not closing the fd under it
+    io.release.set()
+    ring.join(10)
+    closer.join(10)
+    assert not closer.is_alive()
+    assert j.failed is None
+    assert j.durable_seq >= seqs[0]  # written after the syncer stopped: synced by close
+    assert scan_seqs(tmp_path, vol)[-1] == seqs[0]
+    vol.close()
+    vol = reopen(tmp_path)
+    try:
+        assert vol.read(8192, 4096) == pattern(5, 4096)
+    finally:
+        vol.close()

@@ -212,3 +212,15 @@ def test_without_read_len_the_rest_of_the_buffer_is_zeroed(served):
     assert done.status == Status.GOOD and not done.read_len_valid
     assert len(done.data) == 255 and b"\xee" not in done.data  # no stale page content
     assert done.data[8:11] == b"CDP"
+
+
+def test_writes_leave_the_ring_thread_when_they_must_wait_for_a_disk():
+    from appliance.daemon.device import _runs_inline
+
+    plain, fua = rw10(WRITE_10, 0, 1), rw10(WRITE_10, 0, 1, byte1=FUA)
+    write6 = bytes([0x0A, 0, 0, 0, 1, 0])
+    assert _runs_inline(plain, True) and _runs_inline(write6, True)
+    assert not _runs_inline(fua, True)
+    # WCE=0 (MODE SELECT): every write is FUA, so none waits on the ring thread.
+    assert not _runs_inline(plain, False) and not _runs_inline(write6, False)
+    assert _runs_inline(rw10(READ_10, 0, 1), False) and _runs_inline(inquiry(), False)

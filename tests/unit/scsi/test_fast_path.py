@@ -128,3 +128,13 @@ def test_fast_path_serves_the_plain_commands(monkeypatch, op):
     monkeypatch.setitem(device_mod._FAST_PATH, op, spy)
     assert make_dev(False, True, -1).execute(cdb_for(op, 8, 2, 0, 0, 0), data).ok
     assert len(answers) == 1 and answers[0] is not None  # answered, not handed back
+
+
+def test_wide_item_data_out_is_counted_in_bytes(monkeypatch):
+    """A data-out view of 4-byte items holds len()*4 bytes: 2048 bytes as 512
+    items is 4 blocks, and a 1-block WRITE takes one block of it, as DataOut does."""
+    wide = memoryview(bytes(range(256)) * 8).cast("I")
+    r = run_both(cdb_for(0x2A, 0, 1, 0, 0, 0), wide, False, True, -1, monkeypatch)
+    assert r.status == Status.GOOD
+    r = run_both(cdb_for(0x2A, 4, 1, 0, 0, 0), [wide], False, True, -1, monkeypatch)
+    assert r.status == Status.GOOD
