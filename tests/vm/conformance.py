@@ -505,7 +505,10 @@ In CI (`make test-vm`, tests/vm/test_handler.py, its own VM and setup, 2026-11-2
 beside the appliance stream): **182 passed, 29 skipped, 4 failed**: GetLBAStatus.
 UnmapSingle and ReceiveCopyResults.CopyStatus as explained, and Reserve6.Logout /
 Reserve6.ITNexusLoss (LIO core's RESERVE(6): the reservation outlived the first
-initiator's logout; both passed in the run below). The test asserts at least 180."""
+initiator's logout; both passed in the run below). The test asserts at least 180.
+Again on commit 0342e97 (READ/WRITE fast path, journal batch), tests/vm/test_handler.py
+alone: **184 passed, 29 skipped, 2 failed** (GetLBAStatus.UnmapSingle and
+ReceiveCopyResults.CopyStatus, as explained): the 184 a full run expects."""
 
 
 def render(records: list[dict], intro: str = INTRO) -> str:
