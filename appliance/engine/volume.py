@@ -343,7 +343,9 @@ class ProtectedVolume(Protection):
             )
             self._journal.cut_after(cut)
             scan = self._journal.scan(start, prev_seq, prev_time)
-        elif scan.records:
+        else:
+            # Also with no record found: a segment a killed rollover left with its
+            # header only in the page cache (regression: rollover_header_unsynced_at_kill).
             self._journal.make_durable(start)
         log.info(
             "journal.recovered",

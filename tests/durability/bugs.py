@@ -24,7 +24,16 @@ from appliance.engine.fileio import OsFileIO
 from appliance.engine.journal import Journal, list_segments
 
 from .faultfs import FaultFS
-from .helpers import abandon, create, open_tracked, open_volume, paths, scratch_dir, settle
+from .helpers import (
+    abandon,
+    create,
+    journal_of,
+    open_tracked,
+    open_volume,
+    paths,
+    scratch_dir,
+    settle,
+)
 
 SIZE = 256 << 10
 
@@ -124,6 +133,61 @@ def unsynced_tail_after_kill(root: str) -> str | None:
     if not problems:
         return None
     return min(problems, key=lambda p: "garbage" not in p)
+
+
+def rollover_header_unsynced_at_kill(root: str) -> str | None:
+    """kill -9 between a rollover's header write and its fdatasync, reopen, ack, power loss.
+
+    Found by the seeded crash states (CI, seed 1154).  The writer thread
+    rolls over to segment 2: header written (page cache), then killed before
+    the fdatasync.  The reopen finds segment 2 with a valid header and no
+    record, and since its scan (from the last closed map) found no record
+    either, it made nothing durable.  The new process writes segment 3 and
+    acknowledges; the power loss empties segment 2, which is no longer the
+    last one, so the journal is refused as corrupt
+    (by a scan from the start, as a catalog rebuild makes).
+    """
+    with scratch_dir(root, "bug-rollover-kill") as d, _no_timer_sync():
+        fs = FaultFS()
+        vol = create(d, SIZE, io=fs)
+        w = []
+        per_segment = ((1 << 20) - R.SEGMENT_HEADER_SIZE) // (R.RECORD_HEADER_SIZE + 65536)
+        for i in range(per_segment):  # segment 1, full
+            data = bytes([0x30 + i % 4]) * 65536
+            w = [x for x in w if x[1] != (i % 4) * 65536]
+            w.append((vol.write((i % 4) * 65536, data), (i % 4) * 65536, data))
+        vol.flush()
+        vol.close_map()  # the catalog covers every record: the next scan finds none
+        killed = threading.Event()
+
+        def kill_once(path):
+            if not killed.is_set():
+                fs.kill()
+                killed.set()
+
+        fs.before("fdatasync", "*0000000000000002.seg", kill_once)
+        vol.write(0, b"x" * 65536)  # never acknowledged: the writer rolls over, dies
+        if not killed.wait(5):
+            raise ReproducerBroken("the writer never reached segment 2's fdatasync")
+        abandon(vol, fs)
+        fs.clear_rules()
+        fs._hooks.clear()
+        fs.restart()
+        if fs.unsynced("*0000000000000002.seg") == 0:
+            raise ReproducerBroken("segment 2's header is not left in the page cache")
+        vol = open_tracked(d, io=fs)
+        settle(vol)
+        data = b"3" * 4096
+        w = [x for x in w if x[1] != 0]
+        w.append((vol.write(0, data), 0, data))
+        vol.flush()  # acknowledged
+        fs.crash(random.Random(0), mode="drop")
+        abandon(vol, fs)
+        try:  # what a catalog rebuild reads
+            journal_of(d).scan()
+        except CdpError as exc:
+            return f"after the power loss the journal is refused: {exc}"
+        return _open_after_power_loss(d, w)
 
 
 def segment_header_never_synced(root: str) -> str | None:

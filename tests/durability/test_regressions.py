@@ -19,6 +19,7 @@ FIXED = [
     "journal_eio_then_restart",
     "journal_eio_before_first_durable_group",
     "primary_write_error_never_resynced",
+    "rollover_header_unsynced_at_kill",
 ]
 
 
