@@ -161,7 +161,7 @@ NO_DATA_CHANGE = {0x00, 0x03, 0x12, 0x15, 0x1A, 0x1B, 0x25, 0x2F, 0x34, 0x35, 0x
 def cdb_range(cdb: bytes) -> tuple[int, int] | None:
     """LBA range of a ranged CDB (by its own fields)."""
     op = cdb[0]
-    if op == 0x0A or op == 0x08:
+    if len(cdb) >= 6 and op in (0x0A, 0x08):
         return int.from_bytes(cdb[1:4], "big") & 0x1FFFFF, cdb[4] or 256
     if len(cdb) >= 10 and op in (0x2A, 0x2E, 0x41, 0x28, 0x2F, 0x34):
         return int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[7:9], "big")
