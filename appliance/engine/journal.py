@@ -712,8 +712,10 @@ class Journal:
                 old, self._old_fds = self._old_fds, []
             try:
                 self._segment_sync(fd)
-            except Exception:
-                return  # _segment_sync recorded the failure
+            except Exception:  # _segment_sync recorded the failure
+                with self._cond:  # never durable: undelivered() must list them
+                    self._lost[:0] = recs
+                return
             last_sync = time.monotonic()
             faults.point("journal.after_sync", seq=target)
             # Hand on before reporting durable: once sync() returns, the map

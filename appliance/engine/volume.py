@@ -480,6 +480,15 @@ class ProtectedVolume(Protection):
         # Disjoint writes overlap; during a restore each write is exclusive
         # (restore-before-write works on whole regions).
         with self._order_lock.write_range(start, end, self._restoring):
+            if not pinned and not self._oos:
+                # The journal came back (its restart holds the order lock
+                # exclusively) since the marks above: the records appended below
+                # unpin when durable, so they pin now (regression:
+                # unpinned_write_across_journal_restart).  Under the lock ``_oos``
+                # can only become true, which the loop handles.
+                for off, piece in pieces:
+                    self._drl.mark(off, len(piece) if kind == R.WRITE else piece)
+                pinned = True
             for i, (off, piece) in enumerate(pieces):
                 n = len(piece) if kind == R.WRITE else piece
                 if self._restore is not None:

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid as uuidlib
 
-from appliance.engine import CdpError
+from appliance.engine import CdpError, faults
 from appliance.engine import journal as J
 from appliance.engine import record as R
 from appliance.engine.fileio import OsFileIO
@@ -369,6 +369,112 @@ def journal_eio_before_first_durable_group(root: str) -> str | None:
         if late:
             return f"records {late} of the failed group are still in the journal after the restart"
         return None
+
+
+def failed_group_keeps_its_drl_pins(root: str) -> str | None:
+    """The syncer's fdatasync fails: the group's records must be listed as undelivered.
+
+    Found with the next reproducer.  The syncer took its group off
+    ``_inflight`` before the fdatasync and, when it failed, dropped it: the
+    journal restart, which unpins every undelivered record, never saw those
+    records, so their DRL pins stayed for the life of the process.  Safe
+    (the regions only stay dirty), but the resync's ``clear`` and every
+    reset skip a pinned region, so they are resynced again at every open.
+    """
+    with _no_timer_sync(), scratch_dir(root, "bug-pin-leak") as d:
+        fs = FaultFS()
+        vol = create(d, SIZE, io=fs)
+        try:
+            vol.write(0, b"1" * 4096)
+            vol.flush()
+            fs.fail_on("fdatasync", "*.seg", nth=1, lose=True)
+            vol.write(4096, b"2" * 4096)
+            with contextlib.suppress(CdpError, OSError):
+                vol.flush()
+            fs.clear_rules()
+            if vol.state != "out-of-sync":
+                raise ReproducerBroken("the failed sync did not take the volume out of sync")
+            if not vol._restart_journal():
+                raise ReproducerBroken("the journal did not come back")
+            vol.flush()
+            with vol._drl._lock:
+                pins = dict(vol._drl._pins)
+            return f"DRL pins left with no record pending: {pins}" if pins else None
+        finally:
+            vol.close()
+
+
+def unpinned_write_across_journal_restart(root: str) -> str | None:
+    """A host write that began out of sync and appended after the journal came back.
+
+    Found by review.  ``_host_write`` decided whether its DRL marks pin
+    (``not self._oos``) before it took the order lock; the journal restart
+    (under the exclusive order lock) could run in between.  The write then
+    appended a record that had pinned nothing, and when that record became
+    durable its unpin removed the pin of another write to the same region
+    whose record was not durable yet: a DRL reset could then clear a region
+    where primary and journal differ.
+    """
+    with _no_timer_sync(), scratch_dir(root, "bug-pin") as d:
+        fs = FaultFS()
+        vol = create(d, SIZE, io=fs)
+        try:
+            vol.write(0, b"1" * 4096)
+            vol.flush()
+            fs.fail_on("fdatasync", "*.seg", nth=1, lose=True)
+            vol.write(4096, b"2" * 4096)
+            with contextlib.suppress(CdpError, OSError):
+                vol.flush()
+            fs.clear_rules()
+            if vol.state != "out-of-sync":
+                raise ReproducerBroken("the failed sync did not take the volume out of sync")
+            a, b = 65536, 65536 + 4096
+            region = vol._drl.regions(a, 4096)
+            if region != vol._drl.regions(b, 4096):
+                raise ReproducerBroken("the two writes are not in one DRL region")
+            held = {a: threading.Event(), b: threading.Event()}
+            go = {a: threading.Event(), b: threading.Event()}
+
+            def hold(offset, **_):
+                if offset in held and not held[offset].is_set():
+                    held[offset].set()
+                    go[offset].wait(10)
+
+            seqs: dict[int, int] = {}
+
+            def writer(off):
+                seqs[off] = vol.write(off, bytes([off >> 12]) * 4096)
+
+            with faults.inject("write.after_drl", hold):
+                t1 = threading.Thread(target=writer, args=(a,))
+                t1.start()  # out of sync: marks without a pin, then waits
+                if not held[a].wait(5):
+                    raise ReproducerBroken("the first write never reached its DRL mark")
+                if not vol._restart_journal():
+                    raise ReproducerBroken("the journal did not come back")
+                t2 = threading.Thread(target=writer, args=(b,))
+                t2.start()  # in sync again: pins, then waits before its record
+                if not held[b].wait(5):
+                    raise ReproducerBroken("the second write never reached its DRL mark")
+                go[a].set()
+                t1.join(10)
+                if seqs.get(a) is None:
+                    raise ReproducerBroken("the first write was not journaled")
+                vol._journal.sync(seqs[a])  # durable: its unpin runs
+                with vol._drl._lock:
+                    pinned = [r for r in region if vol._drl._pins.get(r, 0) > 0]
+                go[b].set()
+                t2.join(10)
+            if len(pinned) != len(region):
+                return (
+                    "a write whose record is not journaled yet lost its DRL pin to the "
+                    "unpin of a record that never pinned"
+                )
+            return None
+        finally:
+            for e in (*locals().get("go", {}).values(),):
+                e.set()
+            vol.close()
 
 
 class _TornPrimaryFS(FaultFS):

@@ -20,6 +20,8 @@ FIXED = [
     "journal_eio_before_first_durable_group",
     "primary_write_error_never_resynced",
     "rollover_header_unsynced_at_kill",
+    "failed_group_keeps_its_drl_pins",
+    "unpinned_write_across_journal_restart",
 ]
 
 
