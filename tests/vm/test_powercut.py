@@ -42,6 +42,7 @@ from tests.vm.powercut_writer import CHUNK, chunk_bytes, parse_header
 pytestmark = pytest.mark.vm
 
 ITERATIONS = 20 if os.environ.get("CDP_SOAK") == "1" else 1
+FIRST_BOOT_TIMEOUT = 450  # boot to SSH takes 60-200 s here; a stalled boot is cut
 IQN = "iqn.2003-01.org.example.cdp:powercut"
 BS = 512
 SIZE = 64 << 20
@@ -210,6 +211,25 @@ def _verify_reads(vm, issued: dict[int, int], durable: set[int], current: dict[i
     return errors
 
 
+def _boot_after_cut(vm) -> int:
+    """Boot after the cut; returns how many extra power cycles it took.
+
+    Under TCG on a loaded host a boot once stopped in the guest kernel, 8 s in
+    and before userspace (1 boot in 34; the soak's VM then stayed down for
+    the iterations after it).  As an admin would, and as the fault model
+    allows (a power cut may come at any moment), such a boot is cut and
+    started once more; the count is printed with the results.
+    """
+    try:
+        vm.boot_again(timeout=FIRST_BOOT_TIMEOUT)
+        return 0
+    except vmctl.VMError as exc:
+        print(f"\nboot stalled, power-cycling again: {str(exc).splitlines()[0]}")
+        vm.power_cut()
+        vm.boot_again()
+        return 1
+
+
 @pytest.mark.parametrize("iteration", range(1, ITERATIONS + 1))
 def test_power_cut_keeps_every_durable_write(pvm, iteration):
     vm = pvm
@@ -240,10 +260,10 @@ def test_power_cut_keeps_every_durable_write(pvm, iteration):
     assert newest_durable >= 10, "too few durable writes before the cut to prove anything"
 
     t0 = time.monotonic()
-    vm.boot_again()
+    vm.boot_cycles = getattr(vm, "boot_cycles", 0) + _boot_after_cut(vm)
     vm.ssh(BRING_UP, timeout=400)
     vm.ssh("targetcli", input=TARGET_SETUP, timeout=300)
-    print(f"back in {time.monotonic() - t0:.0f} s")
+    print(f"back in {time.monotonic() - t0:.0f} s (extra power cycles so far: {vm.boot_cycles})")
     errors = _verify_reads(vm, issued, durable, current, iteration)
     assert not errors, "\n".join(errors[:20])
     vm.current = current

@@ -424,13 +424,14 @@ class VM:
         self.ssh_control.unlink(missing_ok=True)  # the master died with the guest
         self.proc = None
 
-    def boot_again(self) -> float:
+    def boot_again(self, timeout: float | None = None) -> float:
         """Boot the same root overlay and disks again (after ``power_cut`` or
-        ``shutdown``); returns the seconds to SSH."""
+        ``shutdown``); returns the seconds to SSH (at most ``timeout``, default
+        ``boot_timeout``)."""
         self._reuse_disks = True
         try:
             self.start()
-            return self.wait_ssh()
+            return self.wait_ssh(timeout)
         finally:
             self._reuse_disks = False
 
