@@ -371,6 +371,19 @@ def journal_eio_before_first_durable_group(root: str) -> str | None:
         return None
 
 
+def _fail_a_group_commit(vol, fs: FaultFS) -> None:
+    """One durable write, then one whose group commit fails: the volume goes out of sync."""
+    vol.write(0, b"1" * 4096)
+    vol.flush()
+    fs.fail_on("fdatasync", "*.seg", nth=1, lose=True)
+    vol.write(4096, b"2" * 4096)
+    with contextlib.suppress(CdpError, OSError):
+        vol.flush()
+    fs.clear_rules()
+    if vol.state != "out-of-sync":
+        raise ReproducerBroken("the failed sync did not take the volume out of sync")
+
+
 def failed_group_keeps_its_drl_pins(root: str) -> str | None:
     """The syncer's fdatasync fails: the group's records must be listed as undelivered.
 
@@ -385,15 +398,7 @@ def failed_group_keeps_its_drl_pins(root: str) -> str | None:
         fs = FaultFS()
         vol = create(d, SIZE, io=fs)
         try:
-            vol.write(0, b"1" * 4096)
-            vol.flush()
-            fs.fail_on("fdatasync", "*.seg", nth=1, lose=True)
-            vol.write(4096, b"2" * 4096)
-            with contextlib.suppress(CdpError, OSError):
-                vol.flush()
-            fs.clear_rules()
-            if vol.state != "out-of-sync":
-                raise ReproducerBroken("the failed sync did not take the volume out of sync")
+            _fail_a_group_commit(vol, fs)
             if not vol._restart_journal():
                 raise ReproducerBroken("the journal did not come back")
             vol.flush()
@@ -419,15 +424,7 @@ def unpinned_write_across_journal_restart(root: str) -> str | None:
         fs = FaultFS()
         vol = create(d, SIZE, io=fs)
         try:
-            vol.write(0, b"1" * 4096)
-            vol.flush()
-            fs.fail_on("fdatasync", "*.seg", nth=1, lose=True)
-            vol.write(4096, b"2" * 4096)
-            with contextlib.suppress(CdpError, OSError):
-                vol.flush()
-            fs.clear_rules()
-            if vol.state != "out-of-sync":
-                raise ReproducerBroken("the failed sync did not take the volume out of sync")
+            _fail_a_group_commit(vol, fs)
             a, b = 65536, 65536 + 4096
             region = vol._drl.regions(a, 4096)
             if region != vol._drl.regions(b, 4096):
