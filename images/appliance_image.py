@@ -51,12 +51,15 @@ HASHED_INPUTS = (
     "tests/vm/handler_wheelhouse.py",
     # What goes into the two wheels (README.md only feeds the metadata text).
     "pyproject.toml",
+    "setup.py",
     "appliance",
     "targetcli-ext/pyproject.toml",
     "targetcli-ext/targetcli_cdp",
 )
 _SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".cache"}
-_SKIP_SUFFIXES = (".pyc", ".pyo", ".egg-info", ".retry")
+# .so: the fast path's extension, built in the tree by `pip install -e` (its
+# source, _fastring.c, is hashed; the build embeds the clone's path).
+_SKIP_SUFFIXES = (".pyc", ".pyo", ".so", ".egg-info", ".retry")
 
 
 def project_version() -> str:

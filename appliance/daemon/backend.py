@@ -133,6 +133,10 @@ class VolumeBackend:
                 raise
             raise err from exc
 
+    def direct_read_fd(self) -> int | None:
+        """For the handler's fast path: ``ProtectedVolume.direct_read_fd``."""
+        return self.volume.direct_read_fd()
+
     def write_zeros(self, offset: int, length: int, *, unmap: bool = False) -> None:
         with engine_errors("write_zeros", offset):
             self.volume.write_zeros(offset, length)

@@ -586,6 +586,14 @@ class ProtectedVolume(Protection):
             return restore.read(offset, length)
         return self._read_primary(offset, length)
 
+    def direct_read_fd(self) -> int | None:
+        """The primary's fd while ``read`` is exactly a ``pread`` of it (open,
+        plain file I/O, no restore running), else None: the handler's fast
+        path reads it directly and asks again at every ring poll."""
+        if self._closed or self._restore is not None or type(self._io) is not OsFileIO:
+            return None
+        return self._pfd
+
     def _read_primary(self, offset: int, length: int) -> bytes:
         try:
             data = self._io.pread_exact(self._pfd, length, offset)

@@ -146,6 +146,18 @@ class ScsiDevice:
             log.exception("internal error in %s", spec.name if spec else "CDB decoding")
         return check_condition(fixed_sense(SenseKey.HARDWARE_ERROR, INTERNAL_TARGET_FAILURE))
 
+    def error_result(self, exc: Exception, *, writes: bool) -> ScsiResult:
+        """What :meth:`execute` answers when the backend raises ``exc`` (for
+        callers that run a backend call themselves: the handler's fast path)."""
+        if isinstance(exc, BackendError):
+            try:
+                return self._backend_error(exc, writes=writes)
+            except Exception:
+                log.exception("cannot map backend error %r", exc)
+        else:
+            log.error("internal error in a backend call", exc_info=exc)
+        return check_condition(fixed_sense(SenseKey.HARDWARE_ERROR, INTERNAL_TARGET_FAILURE))
+
     def _backend_error(self, exc: BackendError, *, writes: bool) -> ScsiResult:
         if isinstance(exc, BackendBusy):
             return ScsiResult(Status.BUSY)

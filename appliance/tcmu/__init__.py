@@ -9,13 +9,15 @@ from .command import (
     RingStats,
     TmrNotification,
 )
-from .ring import CommandRing
+from .ring import CommandRing, FastScan, FastWrites
 from .uio import UioDevice, UioInfo, UioName, list_tcmu_devices, parse_uio_name, read_uio_info
 
 __all__ = [
     "Command",
     "CommandRing",
     "CompletionError",
+    "FastScan",
+    "FastWrites",
     "Response",
     "RingCorruptError",
     "RingError",

@@ -76,6 +76,7 @@ class Response(NamedTuple):
 @dataclass(slots=True)
 class RingStats:
     commands: int = 0
+    fast: int = 0  # of them answered by a FastScan
     tmrs: int = 0
     malformed: int = 0
     completions: int = 0

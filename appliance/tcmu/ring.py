@@ -73,6 +73,8 @@ __all__ = [
     "Command",
     "CommandRing",
     "CompletionError",
+    "FastScan",
+    "FastWrites",
     "Response",
     "RingCorruptError",
     "RingError",
@@ -85,6 +87,7 @@ __all__ = [
 _SKIP = 0  # PAD or TMR: the kernel skips it by its own len_op
 _VOID = 1  # unusable: rewritten as PAD before the tail passes it
 _CMD = 2  # needs exactly one response
+_RUN = 3  # entries a FastScan answered in place (cmd_id holds how many)
 
 
 @dataclass(slots=True)
@@ -96,6 +99,25 @@ class _Slot:
     cmd_id: int
     kflags: int
     rewrite: bool  # len_op must be rewritten (length was resynchronised)
+
+
+class FastWrites(NamedTuple):
+    """Writes a :data:`FastScan` took: ``(slot, offset, payload)`` each, already
+    answered GOOD in their slots.  Run them before the next :meth:`CommandRing.flush`;
+    :meth:`CommandRing.fail_served` answers one that failed."""
+
+    generation: int
+    writes: list[tuple[int, int, bytes]]
+
+
+#: ``scan(mv, cmdr_off, cmdr_size, pos, head, data_off, read_len, live, reads)
+#: -> (end, count, writes)``: answers the run of entries from ``pos`` it can
+#: (``appliance.tcmu._fastring.scan`` with the device's parameters bound),
+#: returns the position after them (``pos``: none), how many commands they
+#: were, and the writes it took (or None).  ``reads`` is False once the poll
+#: has handed out anything (a command, a run of writes): those run after the
+#: poll, and a read answered during it must not overtake them.
+FastScan = Callable[..., tuple[int, int, "list[tuple[int, int, bytes]] | None"]]
 
 
 class _Pending(NamedTuple):
@@ -184,11 +206,14 @@ class CommandRing:
 
     # -- parsing ------------------------------------------------------------
 
-    def poll(self) -> list[Command | TmrNotification]:
+    def poll(self, fast: FastScan | None = None) -> list[Command | TmrNotification | FastWrites]:
         """Parse every entry the kernel queued since the last call.
 
         Malformed commands are failed internally and not returned; their
-        responses go out with the next :meth:`flush`.
+        responses go out with the next :meth:`flush`.  With ``fast``, every
+        run of entries it answers in place becomes one slot (published by the
+        next flush like any other), and the writes it took come back as a
+        :class:`FastWrites` in their place among the commands.
         """
         self._require_open()
         # Best effort: a reset_ring we were not told about shows as a moved tail.
@@ -201,6 +226,26 @@ class CommandRing:
         out: list[Command | TmrNotification] = []
         pos = self._read
         while pos != head:
+            if fast is not None:
+                end, count, writes = fast(
+                    self._mv,
+                    self.cmdr_off,
+                    self.cmdr_size,
+                    pos,
+                    head,
+                    self.data_off,
+                    self.supports_read_len,
+                    self._live,
+                    not out,  # reads only before anything that runs after the poll
+                )
+                if end != pos:
+                    self._slots.append(_Slot(pos, end - pos, _RUN, 0, count, 0, False))
+                    self.stats.commands += count
+                    self.stats.fast += count
+                    if writes:
+                        out.append(FastWrites(self._generation, writes))
+                    pos = end % self.cmdr_size
+                    continue
             slot, item = self._parse(pos, head)
             self._slots.append(slot)
             pos = (pos + slot.length) % self.cmdr_size
@@ -369,6 +414,8 @@ class CommandRing:
                 self._write_response(slot, pending)
                 del self._live[pending.cmd_id]
                 published += 1
+            elif slot.kind == _RUN:
+                published += slot.cmd_id
             elif slot.kind == _VOID:
                 start = self.cmdr_off + slot.offset
                 L.ENTRY_HDR.pack_into(self._mv, start, slot.length | L.OP_PAD, 0, 0, 0)
@@ -386,6 +433,20 @@ class CommandRing:
                 self._kick()
                 self.stats.kicks += 1
         return published
+
+    def fail_served(self, generation: int, slot: int, status: int, sense: bytes) -> bool:
+        """Answer a command of a :class:`FastWrites` with ``status`` and
+        ``sense`` instead of GOOD (its write failed).  ``slot``: its mapping
+        offset.  :returns: False for a run from before a :meth:`reset`."""
+        self._require_open()
+        if generation != self._generation:
+            log.info("tcmu.stale_completion_dropped", slot=slot)
+            return False
+        if len(sense) > L.SENSE_BUFFER_SIZE:
+            raise ValueError(f"sense of {len(sense)} bytes exceeds {L.SENSE_BUFFER_SIZE}")
+        L.RESPONSE.pack_into(self._mv, slot + L.RESPONSE_OFFSET, status, 0, 0, 0, bytes(sense))
+        self._mv[slot + 7] = 0  # uflags
+        return True
 
     def _take(self, slot: _Slot) -> _Pending | None:
         if not self.out_of_order:

@@ -1,0 +1,407 @@
+/*
+ * appliance.tcmu._fastring: the ring thread's compiled fast path.
+ *
+ * One call, scan(), walks the TCMU command ring from the parse cursor and
+ * takes the longest run of entries it can handle without the interpreter:
+ *
+ *   - PAD entries (skipped, as the kernel skips them);
+ *   - plain READ(10/16): the bytes are read from the primary with preadv()
+ *     straight into the command's data-area pages, and the GOOD response is
+ *     written into the command's own slot;
+ *   - plain WRITE(10/16) without FUA: the payload is gathered into one bytes
+ *     object and handed back, and a GOOD response is written into the
+ *     command's own slot.  The caller runs the writes through the engine
+ *     before it publishes the tail, and rewrites the response of any write the
+ *     engine refuses (CommandRing.fail_served).
+ *
+ * A run is reads or writes, never both, so a read never overtakes an earlier
+ * write of the same poll.  Anything else -- another opcode, a bit outside the
+ * usage bitmap, a range past the capacity, a length of 0 or above the
+ * transfer limit, a malformed entry, an id already live, a failed read --
+ * ends the run *before* that entry, and the Python ring parses it as it
+ * always did, producing the exact error.  The checks are the ones of
+ * appliance/scsi/block_io.py (_plain, _fits) and appliance/tcmu/ring.py
+ * (_parse, _parse_cmd); tests/unit/tcmu/test_fastring.py runs both paths on
+ * the same rings and compares every byte of the mapping.
+ *
+ * Responses go into the command's own slot, with its own cmd_id, exactly as
+ * the Python ring writes them without slot stealing; the caller keeps the run
+ * as one slot that the tail passes only at the next flush.  The GIL is
+ * released around the reads, never while a Python object is touched.
+ *
+ * Layout (linux/target_core_user.h, mailbox version 2; see layout.py):
+ * entry header {u32 len_op, u16 cmd_id, u8 kflags, u8 uflags}; request
+ * {u32 iov_cnt @8, u32 bidi_cnt @12, u64 cdb_off @24, iovecs @48 (16 each)};
+ * response {u8 status @8, u32 read_len @12, sense[96] @16}.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/uio.h>
+
+#define OP_MASK 0x7u
+#define OP_PAD 0u
+#define OP_CMD 1u
+#define CMD_ENTRY_SIZE 112u
+#define IOV_OFFSET 48u
+#define UFLAG_READ_LEN 0x2u
+#define FUA_BIT 0x08u
+
+#define MODE_READS 1
+#define MODE_WRITES 2
+
+#define RUN_NONE 0
+#define RUN_READS 1
+#define RUN_WRITES 2
+
+#define MAX_IOV 64 /* preadv batch; longer lists are read in several calls */
+
+static inline uint32_t le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline uint64_t le64(const uint8_t *p)
+{
+    return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
+}
+
+static inline uint64_t be(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* One read to do: where its response goes and where its bytes go. */
+typedef struct {
+    uint64_t slot;  /* mapping offset of the entry */
+    uint64_t end;   /* ring position after the entry */
+    uint64_t off;   /* byte offset in the primary */
+    uint64_t len;   /* bytes to read */
+    uint32_t iov_first; /* index into the iovec pool */
+    uint32_t iov_n;
+} read_job;
+
+/* The run's reads, kept between parsing (GIL held) and I/O (GIL released). */
+typedef struct {
+    read_job *jobs;
+    size_t n, cap;
+    struct iovec *iov;
+    size_t iov_n, iov_cap;
+    uint64_t *wslots; /* mapping offsets of the run's writes */
+    size_t wn, wcap;
+} read_plan;
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap : 16;
+    while (c < need)
+        c *= 2;
+    void *q = PyMem_Realloc(*p, c * elem);
+    if (q == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *p = q;
+    *cap = c;
+    return 0;
+}
+
+/* preadv until ``len`` bytes are in ``iov``; a short file reads as zeros (the
+ * engine's rule for a primary shorter than the volume).  0, or errno. */
+static int read_all(int fd, struct iovec *iov, size_t n, uint64_t off, uint64_t len)
+{
+    size_t i = 0;
+    size_t skip = 0; /* bytes of iov[i] already filled */
+    while (len > 0 && i < n) {
+        struct iovec batch[MAX_IOV];
+        size_t k = 0;
+        uint64_t want = 0;
+        for (size_t j = i; j < n && k < MAX_IOV && want < len; j++, k++) {
+            size_t base = j == i ? skip : 0;
+            uint64_t sz = iov[j].iov_len - base;
+            if (sz > len - want)
+                sz = len - want;
+            batch[k].iov_base = (char *)iov[j].iov_base + base;
+            batch[k].iov_len = (size_t)sz;
+            want += sz;
+        }
+        ssize_t got = preadv(fd, batch, (int)k, (off_t)off);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno;
+        }
+        if (got == 0) { /* end of file: the rest reads as zeros */
+            for (size_t j = 0; j < k; j++)
+                memset(batch[j].iov_base, 0, batch[j].iov_len);
+            got = (ssize_t)want;
+        }
+        off += (uint64_t)got;
+        len -= (uint64_t)got;
+        /* advance (i, skip) by got bytes */
+        uint64_t left = (uint64_t)got;
+        while (left > 0 && i < n) {
+            uint64_t room = iov[i].iov_len - skip;
+            if (left < room) {
+                skip += (size_t)left;
+                left = 0;
+            } else {
+                left -= room;
+                i++;
+                skip = 0;
+            }
+        }
+    }
+    return 0;
+}
+
+static void write_response(uint8_t *entry, uint32_t read_len, int with_read_len)
+{
+    memset(entry + 8, 0, CMD_ENTRY_SIZE - 8); /* status GOOD, no sense */
+    if (with_read_len) {
+        entry[12] = (uint8_t)read_len;
+        entry[13] = (uint8_t)(read_len >> 8);
+        entry[14] = (uint8_t)(read_len >> 16);
+        entry[15] = (uint8_t)(read_len >> 24);
+    }
+    entry[7] = with_read_len ? UFLAG_READ_LEN : 0; /* uflags */
+}
+
+PyDoc_STRVAR(scan_doc,
+"scan(ring, cmdr_off, cmdr_size, pos, head, data_off, read_len, live,\n"
+"     fd, block_size, size, max_blocks, mode) -> (end, count, writes)\n"
+"\n"
+"Serve the longest run of fast entries from ring position ``pos`` (see the\n"
+"module comment).  ``ring``: the writable mapping; ``read_len``: the kernel\n"
+"honours rsp.read_len; ``live``: the ring's live command ids (such an id is\n"
+"not fast); ``fd``: the primary (-1: no reads); ``size``: bytes;\n"
+"``max_blocks``: the transfer limit in blocks; ``mode``: 1 reads, 2 writes.\n"
+"Returns the ring position after the run (``pos`` if nothing was taken; it\n"
+"may equal ``cmdr_size``), the number of commands in it, and for a run of\n"
+"writes a list of ``(slot, offset, payload)`` (``slot``: the entry's\n"
+"mapping offset), else None.");
+
+static PyObject *scan(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    unsigned long long cmdr_off, cmdr_size, pos, head, data_off, size, max_blocks;
+    unsigned long block_size;
+    int with_read_len, fd, mode;
+    PyObject *live;
+    if (!PyArg_ParseTuple(args, "w*KKKKKpOikKKi", &buf, &cmdr_off, &cmdr_size, &pos, &head,
+                          &data_off, &with_read_len, &live, &fd, &block_size, &size,
+                          &max_blocks, &mode))
+        return NULL;
+
+    uint8_t *map = buf.buf;
+    uint64_t map_size = (uint64_t)buf.len;
+    PyObject *writes = NULL, *result = NULL;
+    read_plan plan = {0};
+    uint64_t start_pos = pos;
+    Py_ssize_t count = 0;
+    int run = RUN_NONE;
+    uint64_t seen[65536 / 64]; /* ids taken in this run */
+    memset(seen, 0, sizeof seen);
+
+    if (!PyDict_Check(live) || block_size == 0 || cmdr_off + cmdr_size > map_size ||
+        pos >= cmdr_size || head >= cmdr_size || data_off > map_size) {
+        PyErr_SetString(PyExc_ValueError, "bad ring geometry or arguments");
+        goto out;
+    }
+    if (fd < 0)
+        mode &= ~MODE_READS;
+
+    while (pos != head && pos < cmdr_size) {
+        uint8_t *e = map + cmdr_off + pos;
+        uint32_t len_op = le32(e);
+        uint32_t op = len_op & OP_MASK, length = len_op & ~OP_MASK;
+        uint64_t room = (head > pos ? head : cmdr_size) - pos;
+        if (length == 0 || length > room)
+            break; /* the Python ring resynchronises it */
+        if (op == OP_PAD) {
+            pos += length;
+            continue;
+        }
+        if (op != OP_CMD || length < CMD_ENTRY_SIZE)
+            break;
+        unsigned cmd_id = (unsigned)e[4] | (unsigned)e[5] << 8;
+        if (cmd_id == 0 || seen[cmd_id >> 6] >> (cmd_id & 63) & 1)
+            break; /* the Python ring voids a repeated id */
+        PyObject *key = PyLong_FromUnsignedLong(cmd_id);
+        if (key == NULL)
+            goto out;
+        int dup = PyDict_Contains(live, key);
+        Py_DECREF(key);
+        if (dup < 0)
+            goto out;
+        if (dup)
+            break;
+        uint64_t iov_cnt = le32(e + 8), bidi_cnt = le32(e + 12), cdb_off = le64(e + 24);
+        uint64_t start = cmdr_off + pos, end = start + length;
+        uint64_t iov_end = IOV_OFFSET + 16 * (iov_cnt + bidi_cnt);
+        if (bidi_cnt != 0 || iov_end > length || cdb_off < start + iov_end || cdb_off >= end)
+            break;
+        const uint8_t *cdb = map + cdb_off;
+        uint8_t opcode = cdb[0];
+        int is_read = opcode == 0x28 || opcode == 0x88;
+        int is_write = opcode == 0x2A || opcode == 0x8A;
+        if (!((is_read && (mode & MODE_READS)) || (is_write && (mode & MODE_WRITES))))
+            break;
+        if ((run == RUN_READS && !is_read) || (run == RUN_WRITES && !is_write))
+            break;
+        unsigned cdb_len = opcode & 0x80 ? 16 : 10;
+        if (cdb_len > end - cdb_off)
+            break;
+        uint8_t reserved = is_read ? 0xE1 : 0xE5; /* RDPROTECT/WRPROTECT, obsolete bit 0 */
+        if (cdb[1] & reserved || (is_write && cdb[1] & FUA_BIT))
+            break;
+        uint64_t lba, blocks;
+        if (cdb_len == 16) {
+            if (cdb[14] & 0xC0 || cdb[15])
+                break;
+            lba = be(cdb + 2, 8);
+            blocks = be(cdb + 10, 4);
+        } else {
+            if (cdb[6] & 0xC0 || cdb[9])
+                break;
+            lba = be(cdb + 2, 4);
+            blocks = be(cdb + 7, 2);
+        }
+        uint64_t capacity = size / block_size;
+        if (blocks == 0 || blocks > max_blocks || lba > capacity || blocks > capacity - lba)
+            break;
+        uint64_t n = blocks * block_size, have = 0;
+        int bad = 0;
+        for (uint64_t i = 0; i < iov_cnt; i++) {
+            uint64_t base = le64(e + IOV_OFFSET + 16 * i), sz = le64(e + IOV_OFFSET + 16 * i + 8);
+            if (base < data_off || base > map_size || sz > map_size - base) {
+                bad = 1;
+                break;
+            }
+            have += sz;
+        }
+        if (bad || have < n)
+            break;
+
+        if (is_write) {
+            PyObject *payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+            if (payload == NULL)
+                goto out;
+            char *dst = PyBytes_AS_STRING(payload);
+            uint64_t got = 0;
+            for (uint64_t i = 0; i < iov_cnt && got < n; i++) {
+                uint64_t base = le64(e + IOV_OFFSET + 16 * i), sz = le64(e + IOV_OFFSET + 16 * i + 8);
+                if (sz > n - got)
+                    sz = n - got;
+                memcpy(dst + got, map + base, (size_t)sz);
+                got += sz;
+            }
+            PyObject *item = Py_BuildValue("(KKN)", (unsigned long long)start,
+                                           (unsigned long long)(lba * block_size), payload);
+            if (item == NULL)
+                goto out;
+            if (writes == NULL && (writes = PyList_New(0)) == NULL) {
+                Py_DECREF(item);
+                goto out;
+            }
+            int rc = PyList_Append(writes, item);
+            Py_DECREF(item);
+            if (rc < 0 || grow((void **)&plan.wslots, &plan.wcap, plan.wn + 1, sizeof(uint64_t)) < 0)
+                goto out;
+            plan.wslots[plan.wn++] = start; /* answered once nothing can fail */
+            run = RUN_WRITES;
+        } else {
+            if (grow((void **)&plan.jobs, &plan.cap, plan.n + 1, sizeof(read_job)) < 0 ||
+                grow((void **)&plan.iov, &plan.iov_cap, plan.iov_n + iov_cnt, sizeof(struct iovec)) < 0)
+                goto out;
+            read_job *job = &plan.jobs[plan.n++];
+            job->slot = start;
+            job->end = pos + length;
+            job->off = lba * block_size;
+            job->len = n;
+            job->iov_first = (uint32_t)plan.iov_n;
+            job->iov_n = (uint32_t)iov_cnt;
+            for (uint64_t i = 0; i < iov_cnt; i++) {
+                uint64_t base = le64(e + IOV_OFFSET + 16 * i), sz = le64(e + IOV_OFFSET + 16 * i + 8);
+                plan.iov[plan.iov_n].iov_base = map + base;
+                plan.iov[plan.iov_n].iov_len = (size_t)sz;
+                plan.iov_n++;
+            }
+            run = RUN_READS;
+        }
+        seen[cmd_id >> 6] |= 1ull << (cmd_id & 63);
+        count++;
+        pos += length;
+    }
+
+    if (plan.n) {
+        /* The reads, without the GIL; the run ends before the first that fails
+         * (the Python path reads it again and reports the error). */
+        size_t done = 0;
+        int err = 0;
+        Py_BEGIN_ALLOW_THREADS
+        for (; done < plan.n; done++) {
+            read_job *job = &plan.jobs[done];
+            err = read_all(fd, plan.iov + job->iov_first, job->iov_n, job->off, job->len);
+            if (err)
+                break;
+            /* Beyond the transfer length: zeros, unless read_len tells the kernel. */
+            if (!with_read_len) {
+                uint64_t left = job->len;
+                for (uint32_t i = 0; i < job->iov_n; i++) {
+                    struct iovec *v = &plan.iov[job->iov_first + i];
+                    if (left >= v->iov_len) {
+                        left -= v->iov_len;
+                    } else {
+                        memset((char *)v->iov_base + left, 0, v->iov_len - (size_t)left);
+                        left = 0;
+                    }
+                }
+            }
+        }
+        Py_END_ALLOW_THREADS
+        for (size_t i = 0; i < done; i++)
+            write_response(map + plan.jobs[i].slot, (uint32_t)plan.jobs[i].len, with_read_len);
+        if (err) { /* the run ends before the failed read */
+            pos = done ? plan.jobs[done - 1].end : start_pos;
+            count = (Py_ssize_t)done;
+        }
+    }
+    for (size_t i = 0; i < plan.wn; i++)
+        write_response(map + plan.wslots[i], 0, 0);
+    if (run != RUN_WRITES)
+        Py_CLEAR(writes);
+    result = Py_BuildValue("(KnO)", (unsigned long long)pos, count, writes ? writes : Py_None);
+
+out:
+    Py_XDECREF(writes);
+    PyMem_Free(plan.jobs);
+    PyMem_Free(plan.iov);
+    PyMem_Free(plan.wslots);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS, scan_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fastring",
+    "The ring thread's compiled fast path for plain READ/WRITE (see _fastring.c).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastring(void)
+{
+    return PyModule_Create(&module);
+}
