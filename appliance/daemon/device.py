@@ -196,6 +196,7 @@ class TcmuDevice:
             ooo=self.ring.out_of_order,
             read_len=self.ring.supports_read_len,
             tmr=self.ring.supports_tmr,
+            fast=self._fast,
         )
 
     def stop(self, timeout: float = 30.0) -> bool:
