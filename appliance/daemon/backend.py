@@ -4,9 +4,9 @@ The adapter adds no I/O of its own: it forwards each call to the engine and
 translates the engine's typed errors into the SCSI layer's, so that the
 initiator sees sense data that means something:
 
-=====================================  ==========================================
+=====================================  ===================================
 engine                                 SCSI (see ``appliance/scsi/errors.py``)
-=====================================  ==========================================
+=====================================  ===================================
 ``PrimaryIOError``, ``JournalCorrupt``  ``MediumError`` (MEDIUM ERROR, read/write)
 ``OSError`` ENOSPC / EDQUOT             ``SpaceAllocationFailed`` (DATA PROTECT)
 other ``OSError``                       ``MediumError``
@@ -15,7 +15,7 @@ engine ``Busy`` (a job holds a lock)    ``BackendBusy`` (status BUSY, retried)
 ``InvalidRange`` / ``InvalidArgument``  ``BackendError`` (a bug: the SCSI layer
                                         checks ranges first) -> HARDWARE ERROR
 any other ``CdpError``                  ``BackendError`` -> HARDWARE ERROR
-=====================================  ==========================================
+=====================================  ===================================
 
 Cache model: WCE=1 with DPOFUA.  A write's FUA bit arrives as ``fua=True``
 and becomes the engine's ``fua=True`` (durable in primary and journal on
@@ -136,6 +136,25 @@ class VolumeBackend:
     def direct_read_fd(self) -> int | None:
         """For the handler's fast path: ``ProtectedVolume.direct_read_fd``."""
         return self.volume.direct_read_fd()
+
+    def write_many(self, items) -> tuple[int, Exception | None]:
+        """Plain writes without FUA, in order (``ProtectedVolume.write_many``):
+        returns how many were written and the error of the one after them
+        (None: all were), translated as ``write``'s; the rest were not tried.
+        The handler's fast path gives it each run of writes of a ring poll."""
+        try:
+            seqs, error = self.volume.write_many(items)
+        except Exception as exc:
+            err = translate(exc, "write", items[0][0] if items else None)
+            if err is None or err is exc:
+                raise
+            raise err from exc
+        if error is not None:
+            err = translate(error, "write", items[len(seqs)][0])
+            if err is not None and err is not error:
+                err.__cause__ = error
+                error = err
+        return len(seqs), error
 
     def write_zeros(self, offset: int, length: int, *, unmap: bool = False) -> None:
         with engine_errors("write_zeros", offset):

@@ -289,16 +289,32 @@ class TcmuDevice:
 
     def _fast_writes(self, run: FastWrites) -> None:
         """The engine part of the writes the fast path took (answered GOOD in
-        their slots); a refused one gets the sense ``execute`` would give."""
-        write = self.scsi.backend.write
-        for slot, offset, payload in run.writes:
+        their slots): one ``write_many`` for the run where the backend has it;
+        a refused write gets the sense ``execute`` would give, and the writes
+        after it go one by one, as they would have without the run."""
+        backend = self.scsi.backend
+        writes = run.writes
+        done = 0
+        many = getattr(backend, "write_many", None)
+        if many is not None:
             try:
-                write(offset, payload)
+                done, error = many([(offset, payload) for _, offset, payload in writes])
+            except Exception:  # refused as a whole (nothing written): each says why below
+                done, error = 0, None
+            if error is not None:
+                self._fail_fast(run, writes[done][0], error)
+                done += 1
+        for slot, offset, payload in writes[done:]:
+            try:
+                backend.write(offset, payload)
             except Exception as exc:
-                result = self.scsi.error_result(exc, writes=True)
-                self._count(Status.GOOD, -1)
-                self._count(result.status)
-                self.ring.fail_served(run.generation, slot, result.status, result.sense)
+                self._fail_fast(run, slot, exc)
+
+    def _fail_fast(self, run: FastWrites, slot: int, exc: Exception) -> None:
+        result = self.scsi.error_result(exc, writes=True)
+        self._count(Status.GOOD, -1)
+        self._count(result.status)
+        self.ring.fail_served(run.generation, slot, result.status, result.sense)
 
     def _count(self, status: int, n: int = 1) -> None:
         self.stats.by_status[status] = self.stats.by_status.get(status, 0) + n

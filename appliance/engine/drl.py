@@ -218,6 +218,25 @@ class DirtyRegionLog:
         if gen and durable:
             self._persist(gen)
 
+    def mark_many(self, ranges, *, pin: bool = True) -> None:
+        """:meth:`mark` for every ``(offset, length)`` of ``ranges``: one pass
+        under the lock, at most one write + sync, durable before this returns."""
+        rs = self.region_size
+        gen = 0
+        with self._lock:
+            bits, pins = self._bits, self._pins
+            for offset, length in ranges:
+                for r in range(offset // rs, (offset + length - 1) // rs + 1):
+                    if pin:
+                        pins[r] = pins.get(r, 0) + 1
+                    byte, bit = r >> 3, 1 << (r & 7)
+                    if not bits[byte] & bit:
+                        bits[byte] |= bit
+                        self._gen += 1
+                        gen = self._gen
+        if gen:
+            self._persist(gen)
+
     def unpin(self, offset: int, length: int) -> None:
         """The journal holds a record for these regions durably now."""
         with self._lock:

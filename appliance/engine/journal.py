@@ -284,26 +284,11 @@ class Journal:
                     if why is not None:
                         seg_reason = f"at {segno}:{pos}: {why}"
                         break
-                    name = (
-                        payload.decode("utf-8", "replace")
-                        if h.kind in (R.BOOKMARK, R.UNBOOKMARK)
-                        else None
-                    )
+                    bookmark = h.kind in (R.BOOKMARK, R.UNBOOKMARK)
+                    name = payload.decode("utf-8", "replace") if bookmark else None
                     refs = R.unpack_refs(payload) if h.kind == R.REF else None
-                    records.append(
-                        Rec(
-                            h.seq,
-                            h.time_ns,
-                            h.kind,
-                            h.flags,
-                            h.offset,
-                            h.length,
-                            R.jaddr(segno, pos),
-                            h.payload_len,
-                            name,
-                            refs,
-                        )
-                    )
+                    fields = (h.seq, h.time_ns, h.kind, h.flags, h.offset, h.length)
+                    records.append(Rec(*fields, R.jaddr(segno, pos), h.payload_len, name, refs))
                     last_seq, last_time = h.seq, h.time_ns
                     pos += R.RECORD_HEADER_SIZE + h.payload_len
                     end_addr = R.jaddr(segno, pos)
@@ -390,15 +375,7 @@ class Journal:
     def failed(self) -> JournalFailed | None:
         return self._failed
 
-    def append(
-        self,
-        kind: int,
-        offset: int,
-        length: int,
-        payload=b"",
-        *,
-        flags: int = 0,
-    ) -> Rec:
+    def append(self, kind: int, offset: int, length: int, payload=b"", *, flags: int = 0) -> Rec:
         """Queue one record; returns it with its sequence number and address.
 
         The payload must not change afterwards (pass ``bytes``).  Blocks while
@@ -408,46 +385,69 @@ class Journal:
         plen = len(payload)
         if plen > R.MAX_PAYLOAD:
             raise InvalidArgument(f"record payload of {plen} bytes above {R.MAX_PAYLOAD}")
-        size = R.RECORD_HEADER_SIZE + plen
         with self._cond:
-            while (
-                self._pending_bytes + size > self.max_pending_bytes
-                and self._pending
-                or len(self._pending) >= MAX_PENDING_RECORDS
-            ) and not self._failed:
-                self._cond.notify_all()  # a batch owner waiting here needs the writer
-                self._held_back += 1
-                try:
-                    self._cond.wait()
-                finally:
-                    self._held_back -= 1
-            if self._failed:
-                raise self._failed
-            if self._closing:
-                raise JournalFailed(self._durable_seq, "journal is closed")
-            if self._pos + size > self.segment_size:
-                self._segment_prev[self._segno + 1] = self._last_seq
-                self._segno += 1
-                self._pos = R.SEGMENT_HEADER_SIZE
-            seq = self._next_seq
-            self._next_seq += 1
-            now = max(time.time_ns(), self._last_time)
-            addr = R.jaddr(self._segno, self._pos)
-            fields = (kind, flags, seq, now, offset, length, plen, self._segno, self.vtag)
-            # With a payload, the writer thread computes its crc and packs the
-            # header: off the caller's path (the handler's ring thread).
-            header = fields if plen else R.pack_record_header(*fields, 0)
-            name = payload.decode("utf-8") if kind in (R.BOOKMARK, R.UNBOOKMARK) else None
-            refs = R.unpack_refs(payload) if kind == R.REF else None
-            rec = Rec(seq, now, kind, flags, offset, length, addr, plen, name, refs)
-            self._pending.append((rec, header, payload))
-            self._pending_bytes += size
-            self._pos += size
-            self._last_seq = seq
-            self._last_time = now
+            self._admit(R.RECORD_HEADER_SIZE + plen, 1)
+            rec = self._put(kind, flags, offset, length, payload)
             if self._writer_idle and not self._holders:  # a batch owner writes it
                 self._cond.notify_all()
             return rec
+
+    def append_many(self, writes) -> list[Rec]:
+        """A WRITE record per ``(offset, payload)``, in order, under one lock hold:
+        consecutive seqs and addresses.  All or none: back-pressure waits for room
+        for them all; :class:`JournalFailed` is raised before any is queued."""
+        total = 0
+        for _, payload in writes:
+            if (plen := len(payload)) > R.MAX_PAYLOAD:
+                raise InvalidArgument(f"record payload of {plen} bytes above {R.MAX_PAYLOAD}")
+            total += R.RECORD_HEADER_SIZE + plen
+        with self._cond:
+            self._admit(total, len(writes))
+            recs = [self._put(R.WRITE, 0, off, len(payload), payload) for off, payload in writes]
+            if self._writer_idle and not self._holders:
+                self._cond.notify_all()
+            return recs
+
+    def _admit(self, size: int, n: int) -> None:
+        """``_cond`` held: wait for room for ``n`` records of ``size`` bytes in all."""
+        max_bytes, max_recs = self.max_pending_bytes - size, MAX_PENDING_RECORDS - n
+        while self._pending and (self._pending_bytes > max_bytes or len(self._pending) > max_recs):
+            if self._failed:
+                break
+            self._cond.notify_all()  # a batch owner waiting here needs the writer
+            self._held_back += 1
+            try:
+                self._cond.wait()
+            finally:
+                self._held_back -= 1
+        if self._failed:
+            raise self._failed
+        if self._closing:
+            raise JournalFailed(self._durable_seq, "journal is closed")
+
+    def _put(self, kind: int, flags: int, offset: int, length: int, payload) -> Rec:
+        """``_cond`` held, room made: queue one record."""
+        plen = len(payload)
+        size = R.RECORD_HEADER_SIZE + plen
+        if self._pos + size > self.segment_size:
+            self._segment_prev[self._segno + 1] = self._last_seq
+            self._segno, self._pos = self._segno + 1, R.SEGMENT_HEADER_SIZE
+        seq = self._next_seq
+        self._next_seq += 1
+        now = max(time.time_ns(), self._last_time)
+        addr = R.jaddr(self._segno, self._pos)
+        fields = (kind, flags, seq, now, offset, length, plen, self._segno, self.vtag)
+        # With a payload, the writer thread computes its crc and packs the
+        # header: off the caller's path (the handler's ring thread).
+        header = fields if plen else R.pack_record_header(*fields, 0)
+        name = payload.decode("utf-8") if kind in (R.BOOKMARK, R.UNBOOKMARK) else None
+        refs = R.unpack_refs(payload) if kind == R.REF else None
+        rec = Rec(seq, now, kind, flags, offset, length, addr, plen, name, refs)
+        self._pending.append((rec, header, payload))
+        self._pending_bytes += size
+        self._pos += size
+        self._last_seq, self._last_time = seq, now
+        return rec
 
     def batch(self) -> _Batch:
         """Context manager: records appended inside (by any thread) are written

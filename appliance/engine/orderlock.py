@@ -15,6 +15,13 @@ exclusive form, re-entrant in its own thread, so these call sites read as
 they did with an ``RLock``.  A thread that holds it exclusively and then
 writes (COMPARE AND WRITE) passes through :meth:`OrderLock.write_range`.
 
+A thread that writes a run of ranges in order (the handler's ring thread,
+one run of plain writes per ring poll: ``ProtectedVolume.write_many``) takes
+them all at once with :meth:`OrderLock.write_ranges`: granted when none of
+them overlaps a range held by anybody, so the run behaves, towards every
+other writer, as that many ``write_range`` holds in a row would (ranges of
+the run may overlap each other: the one thread writes them in order).
+
 Fairness: a waiting exclusive holder stops new ranges from being granted,
 so a bookmark is never starved by a stream of writes.  A thread must not ask
 for the exclusive lock while it holds a range (it would wait for itself).
@@ -105,12 +112,58 @@ class OrderLock:
             self._ranges[token] = (start, end)
             return token
 
+    def write_ranges(
+        self, ranges: list[tuple[int, int]], exclusive_if: Callable[[], bool] | None = None
+    ) -> _HeldMany:
+        """Hold every ``[start, end)`` of ``ranges`` at once (all or none, so no
+        deadlock between two such holders); otherwise as :meth:`write_range`."""
+        return _HeldMany(self, ranges, exclusive_if)
+
+    def _grant_many(self, ranges: list[tuple[int, int]], exclusive_if) -> list[int] | None:
+        me = threading.get_ident()
+        merged: list[list[int]] = []  # sorted, coalesced: fewer to compare and to hold
+        for s, e in sorted(ranges):
+            if merged and s <= merged[-1][1]:
+                if e > merged[-1][1]:
+                    merged[-1][1] = e
+            else:
+                merged.append([s, e])
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return None
+            while (
+                self._owner is not None
+                or self._x_waiting
+                or any(s < e2 and s2 < e for s, e in self._ranges.values() for s2, e2 in merged)
+            ):
+                self._wait()
+            if exclusive_if is not None and exclusive_if():
+                self._wait_exclusive(me)
+                return None
+            tokens = []
+            for s2, e2 in merged:
+                tokens.append(self._next)
+                self._ranges[self._next] = (s2, e2)
+                self._next += 1
+            return tokens
+
     def _release(self, token: int | None) -> None:
         if token is None:
             self.__exit__(None, None, None)
             return
         with self._cond:
             del self._ranges[token]
+            if self._waiters:
+                self._cond.notify_all()
+
+    def _release_many(self, tokens: list[int] | None) -> None:
+        if tokens is None:
+            self.__exit__(None, None, None)
+            return
+        with self._cond:
+            for token in tokens:
+                del self._ranges[token]
             if self._waiters:
                 self._cond.notify_all()
 
@@ -131,3 +184,16 @@ class _Held:
 
     def __exit__(self, *exc) -> None:
         self._lock._release(self._token)
+
+
+class _HeldMany:
+    __slots__ = ("_lock", "_args", "_tokens")
+
+    def __init__(self, lock: OrderLock, ranges, exclusive_if) -> None:
+        self._lock, self._args, self._tokens = lock, (ranges, exclusive_if), None
+
+    def __enter__(self) -> None:
+        self._tokens = self._lock._grant_many(*self._args)
+
+    def __exit__(self, *exc) -> None:
+        self._lock._release_many(self._tokens)

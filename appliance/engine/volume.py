@@ -17,6 +17,8 @@ W4. return the sequence number.  The write is *acknowledged as durable* only
     journal's group commit has fdatasynced the record and the primary has
     been fdatasynced.
 
+``write_many`` (a run of plain writes) takes W2-W4 once for the whole run: writebatch.py.
+
 After a crash the journal holds a prefix of the sequence (no holes); the
 primary may also hold unacknowledged writes that the journal lost: the dirty
 region log (its own issue) bounds where, and resync reconciles them.
@@ -60,6 +62,7 @@ from .mapengine import MapEngine
 from .orderlock import OrderLock
 from .protection import DEFAULT_REGION_SIZE, MODES, Protection
 from .retention import read_checkpoint
+from .writebatch import BatchWrites
 
 log = structlog.get_logger("cdp.volume")
 
@@ -74,7 +77,7 @@ DEFAULT_SEGMENT_SIZE = 256 << 20
 BOOKMARK_NAME = re.compile(r"^[A-Za-z0-9._:@+][A-Za-z0-9._:@+-]{0,127}$")
 
 
-class ProtectedVolume(Protection):
+class ProtectedVolume(Protection, BatchWrites):
     """See the module docstring.  Thread-safe."""
 
     # ------------------------------------------------------------ create / open

@@ -136,8 +136,9 @@ def _guard(fs: FaultFS, what: str, fn, *args, **kw):
 
 
 class Workload:
-    def __init__(self, run: Run, d: str, fs: FaultFS, rng: random.Random):
+    def __init__(self, run: Run, d: str, fs: FaultFS, rng: random.Random, write_runs=False):
         self.run, self.d, self.fs, self.rng = run, d, fs, rng
+        self.write_runs = write_runs  # half the writes: runs of 2-6 through write_many
         self.opts = {"map_records": run.map_records, "map_seconds": rng.choice((0.002, 3600.0))}
         self.vol = None
         self.marks = 0
@@ -194,7 +195,9 @@ class Workload:
 
     def step(self, kind: str) -> None:
         run, vol, fs, rng = self.run, self.vol, self.fs, self.rng
-        if kind in ("write", "fua", "zero"):
+        if kind == "write" and self.write_runs and rng.random() < 0.5:
+            self.write_run()
+        elif kind in ("write", "fua", "zero"):
             bs = run.block_size
             n = rng.randint(1, 16)
             off = rng.randrange(SIZE // bs - n + 1) * bs
@@ -233,6 +236,51 @@ class Workload:
             _require(self.vol.last_seq == last, f"clean reopen: last {self.vol.last_seq} != {last}")
         elif kind == "kill":
             self.kill()
+
+    def write_run(self) -> None:
+        """``vol.write_many`` of 2-6 writes, often overlapping (the handler's
+        run of plain writes in one ring poll)."""
+        run, fs, rng, bs = self.run, self.fs, self.rng, self.run.block_size
+        ops = []
+        blocks = SIZE // bs
+        span = min(48, blocks - 16)
+        near = rng.randrange(blocks - 16 - span + 1) * bs
+        for _ in range(rng.randint(2, 6)):
+            n = rng.randint(1, 16)
+            if rng.random() < 0.5:  # overlaps the others
+                off = near + rng.randrange(span) * bs
+            else:
+                off = rng.randrange(SIZE // bs - n + 1) * bs
+            ops.append(Op("write", off, rng.randbytes(n * bs), n * bs))
+        run.attempts.extend(ops)
+        before, first = self.vol.last_seq, self.vol._journal._next_seq
+        try:
+            seqs, error = _guard(
+                fs, "write_many", self.vol.write_many, [(op.offset, op.data) for op in ops]
+            )
+        except _Died:
+            # Records come all at once, consecutive from ``first`` (after an
+            # unclean open that is past a SEQ_GAP, not before + 1).
+            appended = max(0, self.vol.last_seq - first + 1)
+            for i, op in enumerate(ops[:appended]):
+                op.seq = first + i
+                run.history.append(op)
+            run.trace.append(f"write_many x{len(ops)} (appended {appended}, then died)")
+            raise
+        for op, seq in zip(ops, seqs, strict=False):
+            op.seq = seq
+            run.history.append(op)
+        run.trace.append(
+            "write_many " + ", ".join(f"{op.offset}+{op.length}" for op in ops) + f" -> {seqs}"
+        )
+        if error is not None:
+            if not fs.crashed:
+                raise CheckFailed(f"write_many failed without a crash: {error!r}")
+            raise _Died(f"write_many item {len(seqs)} failed: {type(error).__name__}")
+        _require(
+            seqs == list(range(first, first + len(ops))) and seqs[-1] == self.vol.last_seq,
+            f"write_many returned {seqs}, last is {self.vol.last_seq} (was {before})",
+        )
 
     def _journaled(self, op: Op, kind: str, call, **kw) -> None:
         """One call that appends one record: history gets it even if the call failed."""
@@ -402,13 +450,16 @@ class Outcome:
     known: str | None = None  # a known bug explains the failure
 
 
-def run_seed(seed: int, root: str, weights=DEFAULT_WEIGHTS, *, psow: bool = True) -> Outcome:
-    """One seed: workload, crash, verify."""
+def run_seed(
+    seed: int, root: str, weights=DEFAULT_WEIGHTS, *, psow: bool = True, write_runs: bool = False
+) -> Outcome:
+    """One seed: workload, crash, verify.  ``write_runs``: half the writes
+    go through ``write_many`` in runs (another workload for the same seed)."""
     rng = random.Random(seed)
     run = Run(seed, rng.choice((512, 512, 4096)), rng.choice((2, 3, 5, 8)))
     fs = FaultFS(psow=psow)
     d = tempfile.mkdtemp(prefix=f"crash{seed}-", dir=root)
-    w = Workload(run, d, fs, rng)
+    w = Workload(run, d, fs, rng, write_runs)
     try:
         n_ops, arm = rng.randint(1, 30), None
         prefill = rng.choice((0, 0, rng.randrange(12, 16) << 16))

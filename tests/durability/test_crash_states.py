@@ -2,7 +2,9 @@
 
 See crashsim.py for the workload, the model and every check.  ``CDP_CRASH_SEEDS``
 (default 2000) seeds run in ``BATCHES`` test functions; ``CDP_SOAK=1`` adds the
-soak version (``CDP_SOAK_SEEDS``, default 20,000).  A failing seed prints its
+soak version (``CDP_SOAK_SEEDS``, default 20,000).  A quarter of the seeds
+run again with half their writes in runs through ``write_many``
+(``test_crash_states_write_runs``).  A failing seed prints its
 report; rerun one with ``python -c "from tests.durability.crashsim import
 run_seed; print(run_seed(SEED, '/dev/shm').report)"`` (thread timing varies, so
 a seed usually, not always, takes the same path).
@@ -28,6 +30,7 @@ from .crashsim import DEFAULT_WEIGHTS, OPS, run_seed
 SEEDS = int(os.environ.get("CDP_CRASH_SEEDS", "2000"))
 SOAK_SEEDS = int(os.environ.get("CDP_SOAK_SEEDS", "20000"))
 BATCHES = 20
+WRITE_RUN_BATCHES = 5
 SOAK_BATCHES = 100
 
 
@@ -47,11 +50,11 @@ def weights_for(tolerated) -> tuple[int, ...]:
     return tuple(0 if op == "kill" else w for op, w in zip(OPS, DEFAULT_WEIGHTS, strict=True))
 
 
-def run_batch(seeds, root: str, tolerated) -> None:
+def run_batch(seeds, root: str, tolerated, **kw) -> None:
     weights = weights_for(tolerated)
     failures, known = [], Counter()
     for seed in seeds:
-        out = run_seed(seed, root, weights)
+        out = run_seed(seed, root, weights, **kw)
         if out.report is None:
             continue
         if out.known in tolerated:
@@ -78,6 +81,12 @@ def run_batch(seeds, root: str, tolerated) -> None:
 @pytest.mark.parametrize("batch", range(BATCHES))
 def test_crash_states(batch, root, tolerated):
     run_batch(range(batch, SEEDS, BATCHES), root, tolerated)
+
+
+@pytest.mark.parametrize("batch", range(WRITE_RUN_BATCHES))
+def test_crash_states_write_runs(batch, root, tolerated):
+    """The same seeds with half the writes in runs through ``write_many``."""
+    run_batch(range(batch, SEEDS // 4, WRITE_RUN_BATCHES), root, tolerated, write_runs=True)
 
 
 @pytest.mark.soak

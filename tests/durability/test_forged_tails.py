@@ -346,7 +346,9 @@ def test_middle_segment_with_a_bad_header_is_refused(base):
     seg1 = segment_path(paths(b.d)["journal"], b.segno - 1)
     with open(seg1, "r+b") as f:
         f.seek(50)
-        f.write(b"\xff")
+        byte = f.read(1)[0]
+        f.seek(50)
+        f.write(bytes([byte ^ 0xFF]))  # flipped: writing 0xff over a 0xff changed nothing
     with pytest.raises(JournalCorrupt, match=f"segment {b.segno - 1}: segment header crc mismatch"):
         journal_of(b.d).scan()
 

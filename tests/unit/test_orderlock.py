@@ -149,3 +149,44 @@ def test_many_writers_never_overlap():
     for t in threads:
         t.join(60)
     assert errors == [] and lock.held_ranges() == []
+
+
+def test_write_ranges_holds_them_all_at_once():
+    lock = OrderLock()
+    with lock.write_ranges([(8192, 12288), (0, 4096), (2048, 6144), (6144, 7168)]):
+        # Overlapping and touching ranges of the run are held merged.
+        assert lock.held_ranges() == [(0, 7168), (8192, 12288)]
+        t, got = in_thread(lambda: lock.write_range(7168, 8192).__enter__())
+        assert got.wait(5), "the gap between the run's ranges is free"
+        _, blocked = in_thread(lambda: lock.write_range(12000, 13000).__enter__())
+        assert not blocked.wait(WAIT)
+    assert blocked.wait(5)
+
+
+def test_write_ranges_waits_until_none_overlaps():
+    lock = OrderLock()
+    first = lock.write_range(4096, 8192)
+    first.__enter__()
+    order = []
+
+    def run():
+        with lock.write_ranges([(0, 512), (6144, 6656)]):
+            order.append("run")
+
+    t, got = in_thread(run)
+    assert not got.wait(WAIT)
+    assert lock.held_ranges() == [(4096, 8192)]  # all or none: not even (0, 512)
+    order.append("first")
+    first.__exit__(None, None, None)
+    assert got.wait(5)
+    assert order == ["first", "run"] and lock.held_ranges() == []
+
+
+def test_write_ranges_exclusive_if_and_inside_exclusive():
+    lock = OrderLock()
+    with lock.write_ranges([(0, 512), (4096, 4608)], lambda: True):
+        assert lock._owner is not None and lock.held_ranges() == []
+    with lock:  # a thread holding it exclusively passes through
+        with lock.write_ranges([(0, 512)]):
+            pass
+    assert lock._owner is None and lock.held_ranges() == []

@@ -30,6 +30,11 @@ class SpyVolume:
         self.calls.append(("write", offset, len(data), fua))
         return self._vol.write(offset, data, fua=fua)
 
+    def write_many(self, items):
+        # the handler's fast path: a run of plain writes, each a write() to the spy
+        self.calls.extend(("write", offset, len(data), False) for offset, data in items)
+        return self._vol.write_many(items)
+
     def write_zeros(self, offset, length, *, fua=False):
         self.calls.append(("write_zeros", offset, length, fua))
         return self._vol.write_zeros(offset, length, fua=fua)

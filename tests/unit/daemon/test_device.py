@@ -151,17 +151,21 @@ def test_reads_and_writes_without_fua_run_on_the_ring_thread(served):
     """No worker hop for page-cache commands; FUA writes and flushes go to a worker."""
     uio, dev, spy = served(workers=2)
     where = {}
-    real_write, real_flush = spy.write, spy.flush
+    real_write, real_many, real_flush = spy.write, spy.write_many, spy.flush
 
     def write(o, d, *, fua=False):
         where[("write", fua)] = threading.current_thread().name
         return real_write(o, d, fua=fua)
 
+    def write_many(items):  # the fast path's run of plain writes
+        where[("write", False)] = threading.current_thread().name
+        return real_many(items)
+
     def flush():
         where["flush"] = threading.current_thread().name
         return real_flush()
 
-    spy.write, spy.flush = write, flush
+    spy.write, spy.write_many, spy.flush = write, write_many, flush
     for cdb, out in (
         (rw10(WRITE_10, 0, 1), data(BS)),
         (rw16(WRITE_16, 8, 1, byte1=FUA), data(BS, 2)),

@@ -241,18 +241,32 @@ def test_live_and_repeated_ids_are_left_to_the_python_ring(tmp_path):
 
 
 class FailingWrites(VolumeBackend):
-    """Every write to the second half fails as a bad disk would."""
+    """Every write to the second half fails as a bad disk would; a run
+    (``write_many``) stops at the first such write, as the engine's does."""
 
     def write(self, offset, data, *, fua=False):
         if offset >= SIZE // 2:
             raise MediumError("write: injected", offset=offset)
         return super().write(offset, data, fua=fua)
 
+    def write_many(self, items):
+        bad = next((k for k, (off, _) in enumerate(items) if off >= SIZE // 2), len(items))
+        done, error = super().write_many(items[:bad]) if bad else (0, None)
+        assert done == bad and error is None
+        if bad == len(items):
+            return done, None
+        return done, MediumError("write: injected", offset=items[bad][0])
 
-def test_a_write_the_engine_refuses_gets_the_same_sense(tmp_path, caplog):
+
+class FailingWritesOneByOne(FailingWrites):
+    write_many = None  # a backend without runs: every write alone
+
+
+@pytest.mark.parametrize("backend", [FailingWrites, FailingWritesOneByOne])
+def test_a_write_the_engine_refuses_gets_the_same_sense(tmp_path, caplog, backend):
     # (a captured "backend error" record would keep the Python path's ring
     # views alive through the exception's traceback, and the mapping open)
     caplog.set_level(logging.ERROR, logger="appliance.scsi.device")
-    taken, stats = run_same(tmp_path, 11, polls=30, backend=FailingWrites)
+    taken, stats = run_same(tmp_path, 11, polls=30, backend=backend)
     assert taken > 20
     assert stats.by_status[Status.CHECK_CONDITION] > 0
