@@ -146,18 +146,17 @@ static int read_all(int fd, struct iovec *iov, size_t n, uint64_t off, uint64_t 
         }
         off += (uint64_t)got;
         len -= (uint64_t)got;
-        /* advance (i, skip) by got bytes */
+        /* advance (i, skip) by got bytes, past filled (or empty) iovecs */
         uint64_t left = (uint64_t)got;
-        while (left > 0 && i < n) {
+        while (i < n) {
             uint64_t room = iov[i].iov_len - skip;
             if (left < room) {
                 skip += (size_t)left;
-                left = 0;
-            } else {
-                left -= room;
-                i++;
-                skip = 0;
+                break;
             }
+            left -= room;
+            i++;
+            skip = 0;
         }
     }
     return 0;

@@ -270,3 +270,31 @@ def test_a_write_the_engine_refuses_gets_the_same_sense(tmp_path, caplog, backen
     taken, stats = run_same(tmp_path, 11, polls=30, backend=backend)
     assert taken > 20
     assert stats.by_status[Status.CHECK_CONDITION] > 0
+
+
+def test_empty_iovecs_are_stepped_over(tmp_path):
+    """A ring the kernel never writes, but a shared mapping is not trusted: an
+    iovec of length 0 (here before the real one) must not stall the reader."""
+    uio = SimUio(data_blocks=16)
+    mv = memoryview(uio.sim.mm)
+    primary = tmp_path / "p.img"
+    primary.write_bytes(bytes(range(256)) * (SIZE // 256))
+    fd = os.open(str(primary), os.O_RDONLY)
+    try:
+        cmd = uio.sim.queue_cmd(rw10(READ_10, 8, 8), data_in=8 * BS)
+        start = uio.sim.cmdr_off + cmd.entry_off
+        (base, size), *_ = cmd.iovs
+        L.IOVEC.pack_into(mv, start + L.IOV_OFFSET, base, 0)
+        L.IOVEC.pack_into(mv, start + L.IOV_OFFSET + L.IOVEC.size, base, size)
+        mv[start + 8 : start + 12] = (2).to_bytes(4, "little")  # iov_cnt (the CDB is at +112)
+        scan = fastpath.scanner(fd=fd, block_size=BS, size=SIZE, max_blocks=64, writes=False)
+        end, count, _ = scan(
+            mv, uio.sim.cmdr_off, uio.sim.cmdr_size, 0, uio.sim.head, uio.sim.data_off, True, {}
+        )
+        assert (end, count) == (uio.sim.head, 1)
+        assert bytes(mv[base : base + size]) == primary.read_bytes()[8 * BS : 16 * BS]
+    finally:
+        os.close(fd)
+        mv.release()
+        uio.sim.close()
+        uio.close()
