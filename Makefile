@@ -27,7 +27,7 @@ venv: $(STAMP)
 test: test-fast test-vm
 
 test-fast: $(STAMP)
-	$(PYTEST) -q tests/unit tests/durability
+	CDP_REQUIRE_FASTRING=1 $(PYTEST) -q tests/unit tests/durability
 
 # The VM tier CI runs, as two streams side by side (each boots its own TCG
 # VMs; the machine's 2 cores are rarely both busy with one stream, which

@@ -275,7 +275,7 @@ class TcmuDevice:
                         self._dispatch(item)
         self._collect()
         ring.flush()
-        return len(items) + fast
+        return len(items) + fast  # (a FastWrites counts once more: a drain check only)
 
     def _fast_scan(self):
         scsi = self.scsi
@@ -299,8 +299,10 @@ class TcmuDevice:
         if many is not None:
             try:
                 done, error = many([(offset, payload) for _, offset, payload in writes])
-            except Exception:  # refused as a whole (nothing written): each says why below
-                done, error = 0, None
+            except Exception as exc:  # refused as a whole: no write of the run is GOOD
+                for slot, _, _ in writes:
+                    self._fail_fast(run, slot, exc)
+                return
             if error is not None:
                 self._fail_fast(run, writes[done][0], error)
                 done += 1

@@ -26,8 +26,11 @@
  *
  * Responses go into the command's own slot, with its own cmd_id, exactly as
  * the Python ring writes them without slot stealing; the caller keeps the run
- * as one slot that the tail passes only at the next flush.  The GIL is
- * released around the reads, never while a Python object is touched.
+ * as one slot that the tail passes only at the next flush (or, with a worker's
+ * command waiting before it, splits it so that slot stealing applies).  The
+ * run's ids go into the ring's live table until then.  Every field of an
+ * entry is read once from the shared mapping.  The GIL is released around
+ * the reads, never while a Python object is touched.
  *
  * Layout (linux/target_core_user.h, mailbox version 2; see layout.py):
  * entry header {u32 len_op, u16 cmd_id, u8 kflags, u8 uflags}; request
@@ -85,6 +88,7 @@ typedef struct {
     uint64_t len;   /* bytes to read */
     uint32_t iov_first; /* index into the iovec pool */
     uint32_t iov_n;
+    uint16_t cmd_id;
 } read_job;
 
 /* The run's reads, kept between parsing (GIL held) and I/O (GIL released). */
@@ -95,6 +99,8 @@ typedef struct {
     size_t iov_n, iov_cap;
     uint64_t *wslots; /* mapping offsets of the run's writes */
     size_t wn, wcap;
+    uint16_t *wids; /* their cmd_ids */
+    size_t widcap;
 } read_plan;
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem)
@@ -184,9 +190,11 @@ PyDoc_STRVAR(scan_doc,
 "not fast); ``fd``: the primary (-1: no reads); ``size``: bytes;\n"
 "``max_blocks``: the transfer limit in blocks; ``mode``: 1 reads, 2 writes.\n"
 "Returns the ring position after the run (``pos`` if nothing was taken; it\n"
-"may equal ``cmdr_size``), the number of commands in it, and for a run of\n"
+"may equal ``cmdr_size``), the number of commands in it, for a run of\n"
 "writes a list of ``(slot, offset, payload)`` (``slot``: the entry's\n"
-"mapping offset), else None.");
+"mapping offset) else None, and the commands' ids (u16 each, little\n"
+"endian), which are also put into ``live`` (the ring drops them when it\n"
+"publishes the run).");
 
 static PyObject *scan(PyObject *self, PyObject *args)
 {
@@ -202,7 +210,7 @@ static PyObject *scan(PyObject *self, PyObject *args)
 
     uint8_t *map = buf.buf;
     uint64_t map_size = (uint64_t)buf.len;
-    PyObject *writes = NULL, *result = NULL;
+    PyObject *writes = NULL, *ids = NULL, *result = NULL;
     read_plan plan = {0};
     uint64_t start_pos = pos;
     Py_ssize_t count = 0;
@@ -278,6 +286,11 @@ static PyObject *scan(PyObject *self, PyObject *args)
         if (blocks == 0 || blocks > max_blocks || lba > capacity || blocks > capacity - lba)
             break;
         uint64_t n = blocks * block_size, have = 0;
+        /* The iovecs are read once, checked and kept (no second fetch from the
+         * shared page that could see other values). */
+        if (grow((void **)&plan.iov, &plan.iov_cap, plan.iov_n + iov_cnt, sizeof(struct iovec)) < 0)
+            goto out;
+        size_t first_iov = plan.iov_n;
         int bad = 0;
         for (uint64_t i = 0; i < iov_cnt; i++) {
             uint64_t base = le64(e + IOV_OFFSET + 16 * i), sz = le64(e + IOV_OFFSET + 16 * i + 8);
@@ -285,10 +298,15 @@ static PyObject *scan(PyObject *self, PyObject *args)
                 bad = 1;
                 break;
             }
+            plan.iov[plan.iov_n].iov_base = map + base;
+            plan.iov[plan.iov_n].iov_len = (size_t)sz;
+            plan.iov_n++;
             have += sz;
         }
-        if (bad || have < n)
+        if (bad || have < n) {
+            plan.iov_n = first_iov;
             break;
+        }
 
         if (is_write) {
             PyObject *payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
@@ -296,13 +314,14 @@ static PyObject *scan(PyObject *self, PyObject *args)
                 goto out;
             char *dst = PyBytes_AS_STRING(payload);
             uint64_t got = 0;
-            for (uint64_t i = 0; i < iov_cnt && got < n; i++) {
-                uint64_t base = le64(e + IOV_OFFSET + 16 * i), sz = le64(e + IOV_OFFSET + 16 * i + 8);
+            for (size_t i = first_iov; i < plan.iov_n && got < n; i++) {
+                uint64_t sz = plan.iov[i].iov_len;
                 if (sz > n - got)
                     sz = n - got;
-                memcpy(dst + got, map + base, (size_t)sz);
+                memcpy(dst + got, plan.iov[i].iov_base, (size_t)sz);
                 got += sz;
             }
+            plan.iov_n = first_iov; /* copied: not needed any more */
             PyObject *item = Py_BuildValue("(KKN)", (unsigned long long)start,
                                            (unsigned long long)(lba * block_size), payload);
             if (item == NULL)
@@ -313,27 +332,23 @@ static PyObject *scan(PyObject *self, PyObject *args)
             }
             int rc = PyList_Append(writes, item);
             Py_DECREF(item);
-            if (rc < 0 || grow((void **)&plan.wslots, &plan.wcap, plan.wn + 1, sizeof(uint64_t)) < 0)
+            if (rc < 0 || grow((void **)&plan.wslots, &plan.wcap, plan.wn + 1, sizeof(uint64_t)) < 0 ||
+                grow((void **)&plan.wids, &plan.widcap, plan.wn + 1, sizeof(uint16_t)) < 0)
                 goto out;
+            plan.wids[plan.wn] = (uint16_t)cmd_id;
             plan.wslots[plan.wn++] = start; /* answered once nothing can fail */
             run = RUN_WRITES;
         } else {
-            if (grow((void **)&plan.jobs, &plan.cap, plan.n + 1, sizeof(read_job)) < 0 ||
-                grow((void **)&plan.iov, &plan.iov_cap, plan.iov_n + iov_cnt, sizeof(struct iovec)) < 0)
+            if (grow((void **)&plan.jobs, &plan.cap, plan.n + 1, sizeof(read_job)) < 0)
                 goto out;
             read_job *job = &plan.jobs[plan.n++];
             job->slot = start;
             job->end = pos + length;
             job->off = lba * block_size;
             job->len = n;
-            job->iov_first = (uint32_t)plan.iov_n;
-            job->iov_n = (uint32_t)iov_cnt;
-            for (uint64_t i = 0; i < iov_cnt; i++) {
-                uint64_t base = le64(e + IOV_OFFSET + 16 * i), sz = le64(e + IOV_OFFSET + 16 * i + 8);
-                plan.iov[plan.iov_n].iov_base = map + base;
-                plan.iov[plan.iov_n].iov_len = (size_t)sz;
-                plan.iov_n++;
-            }
+            job->iov_first = (uint32_t)first_iov;
+            job->iov_n = (uint32_t)(plan.iov_n - first_iov);
+            job->cmd_id = (uint16_t)cmd_id;
             run = RUN_READS;
         }
         seen[cmd_id >> 6] |= 1ull << (cmd_id & 63);
@@ -341,11 +356,12 @@ static PyObject *scan(PyObject *self, PyObject *args)
         pos += length;
     }
 
+    size_t done = plan.n;
     if (plan.n) {
         /* The reads, without the GIL; the run ends before the first that fails
          * (the Python path reads it again and reports the error). */
-        size_t done = 0;
         int err = 0;
+        done = 0;
         Py_BEGIN_ALLOW_THREADS
         for (; done < plan.n; done++) {
             read_job *job = &plan.jobs[done];
@@ -367,24 +383,54 @@ static PyObject *scan(PyObject *self, PyObject *args)
             }
         }
         Py_END_ALLOW_THREADS
-        for (size_t i = 0; i < done; i++)
-            write_response(map + plan.jobs[i].slot, (uint32_t)plan.jobs[i].len, with_read_len);
         if (err) { /* the run ends before the failed read */
             pos = done ? plan.jobs[done - 1].end : start_pos;
             count = (Py_ssize_t)done;
         }
     }
+
+    /* The run's ids become live (the ring forgets them when it publishes the
+     * run): a repeated id in a later entry is then voided by either path.
+     * All or nothing, before any response is written. */
+    ids = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(2 * (size_t)count));
+    if (ids == NULL)
+        goto out;
+    uint8_t *idp = (uint8_t *)PyBytes_AS_STRING(ids);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        uint16_t id = run == RUN_WRITES ? plan.wids[i] : plan.jobs[i].cmd_id;
+        idp[2 * i] = (uint8_t)id;
+        idp[2 * i + 1] = (uint8_t)(id >> 8);
+        PyObject *key = PyLong_FromUnsignedLong(id);
+        int rc = key == NULL ? -1 : PyDict_SetItem(live, key, Py_None);
+        Py_XDECREF(key);
+        if (rc < 0) {
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            for (Py_ssize_t j = 0; j < i; j++) {
+                PyObject *k = PyLong_FromUnsignedLong(idp[2 * j] | idp[2 * j + 1] << 8);
+                if (k == NULL || PyDict_DelItem(live, k) < 0)
+                    PyErr_Clear();
+                Py_XDECREF(k);
+            }
+            PyErr_Restore(type, value, tb);
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < done; i++)
+        write_response(map + plan.jobs[i].slot, (uint32_t)plan.jobs[i].len, with_read_len);
     for (size_t i = 0; i < plan.wn; i++)
         write_response(map + plan.wslots[i], 0, 0);
     if (run != RUN_WRITES)
         Py_CLEAR(writes);
-    result = Py_BuildValue("(KnO)", (unsigned long long)pos, count, writes ? writes : Py_None);
+    result = Py_BuildValue("(KnOO)", (unsigned long long)pos, count, writes ? writes : Py_None, ids);
 
 out:
     Py_XDECREF(writes);
+    Py_XDECREF(ids);
     PyMem_Free(plan.jobs);
     PyMem_Free(plan.iov);
     PyMem_Free(plan.wslots);
+    PyMem_Free(plan.wids);
     PyBuffer_Release(&buf);
     return result;
 }

@@ -99,6 +99,7 @@ class _Slot:
     cmd_id: int
     kflags: int
     rewrite: bool  # len_op must be rewritten (length was resynchronised)
+    ids: bytes = b""  # _RUN: its commands' ids (u16 each), live until published
 
 
 class FastWrites(NamedTuple):
@@ -111,13 +112,15 @@ class FastWrites(NamedTuple):
 
 
 #: ``scan(mv, cmdr_off, cmdr_size, pos, head, data_off, read_len, live, reads)
-#: -> (end, count, writes)``: answers the run of entries from ``pos`` it can
-#: (``appliance.tcmu._fastring.scan`` with the device's parameters bound),
+#: -> (end, count, writes, ids)``: answers the run of entries from ``pos`` it
+#: can (``appliance.tcmu._fastring.scan`` with the device's parameters bound),
 #: returns the position after them (``pos``: none), how many commands they
-#: were, and the writes it took (or None).  ``reads`` is False once the poll
-#: has handed out anything (a command, a run of writes): those run after the
-#: poll, and a read answered during it must not overtake them.
-FastScan = Callable[..., tuple[int, int, "list[tuple[int, int, bytes]] | None"]]
+#: were, the writes it took (or None) and their ids (u16 each, which it also
+#: put into ``live``: a repeated id is voided until the run is published).
+#: ``reads`` is False once the poll has handed out anything (a command, a run
+#: of writes): those run after the poll, and a read answered during it must
+#: not overtake them.
+FastScan = Callable[..., tuple[int, int, "list[tuple[int, int, bytes]] | None", bytes]]
 
 
 class _Pending(NamedTuple):
@@ -227,7 +230,7 @@ class CommandRing:
         pos = self._read
         while pos != head:
             if fast is not None:
-                end, count, writes = fast(
+                end, count, writes, ids = fast(
                     self._mv,
                     self.cmdr_off,
                     self.cmdr_size,
@@ -239,19 +242,18 @@ class CommandRing:
                     not out,  # reads only before anything that runs after the poll
                 )
                 if end != pos:
-                    self._slots.append(_Slot(pos, end - pos, _RUN, 0, count, 0, False))
+                    self._slots.append(_Slot(pos, end - pos, _RUN, 0, count, 0, False, ids))
                     self.stats.commands += count
                     self.stats.fast += count
                     if writes:
                         out.append(FastWrites(self._generation, writes))
-                    pos = end % self.cmdr_size
+                    pos = self._read = end % self.cmdr_size
                     continue
             slot, item = self._parse(pos, head)
             self._slots.append(slot)
-            pos = (pos + slot.length) % self.cmdr_size
+            pos = self._read = (pos + slot.length) % self.cmdr_size
             if item is not None:
                 out.append(item)
-        self._read = pos
         return out
 
     def _parse(self, pos: int, head: int) -> tuple[_Slot, Command | TmrNotification | None]:
@@ -410,12 +412,15 @@ class CommandRing:
             if slot.kind == _CMD:
                 pending = self._take(slot)
                 if pending is None:
+                    if self._split_runs():
+                        continue  # their answers are staged now: look again
                     break
                 self._write_response(slot, pending)
                 del self._live[pending.cmd_id]
                 published += 1
             elif slot.kind == _RUN:
                 published += slot.cmd_id
+                deque(map(self._live.pop, memoryview(slot.ids).cast("H")), maxlen=0)
             elif slot.kind == _VOID:
                 start = self.cmdr_off + slot.offset
                 L.ENTRY_HDR.pack_into(self._mv, start, slot.length | L.OP_PAD, 0, 0, 0)
@@ -446,6 +451,46 @@ class CommandRing:
             raise ValueError(f"sense of {len(sense)} bytes exceeds {L.SENSE_BUFFER_SIZE}")
         L.RESPONSE.pack_into(self._mv, slot + L.RESPONSE_OFFSET, status, 0, 0, 0, bytes(sense))
         self._mv[slot + 7] = 0  # uflags
+        return True
+
+    def _split_runs(self) -> bool:
+        """With OOOC, a command slot waiting at the tail (a worker's command)
+        must not hold back the answers a FastScan wrote in place behind it:
+        each run becomes its entries' own slots, with their answers staged
+        (read back from the slots), and slot stealing publishes them as any
+        other.  :returns: whether there was a run to split."""
+        if not self.out_of_order or not any(s.kind == _RUN for s in self._slots):
+            return False
+        mv, split = self._mv, []
+        for slot in self._slots:
+            pos, stop = slot.offset, slot.offset + slot.length
+            if slot.kind != _RUN:
+                split.append(slot)
+                continue
+            staged = 0
+            while pos < stop:  # entries the scan walked: the kernel does not rewrite them
+                start = self.cmdr_off + pos
+                len_op, cmd_id, kflags, uflags = L.ENTRY_HDR.unpack_from(mv, start)
+                op, length = L.entry_op(len_op), L.entry_len(len_op)
+                if length == 0 or pos + length > stop or staged == slot.cmd_id:
+                    # rewritten under us: the rest stays one run
+                    left = slot.cmd_id - staged
+                    split.append(
+                        _Slot(pos, stop - pos, _RUN, 0, left, 0, False, slot.ids[2 * staged :])
+                    )
+                    break
+                if op == L.OP_CMD:
+                    staged += 1
+                    status, _, _, rlen, sense = L.RESPONSE.unpack_from(
+                        mv, start + L.RESPONSE_OFFSET
+                    )
+                    self._staged[cmd_id] = _Pending(cmd_id, status, sense, rlen, uflags)
+                    split.append(_Slot(pos, length, _CMD, op, cmd_id, kflags, False))
+                else:
+                    split.append(_Slot(pos, length, _SKIP, op, 0, 0, False))
+                pos += length
+        self._slots.clear()
+        self._slots.extend(split)
         return True
 
     def _take(self, slot: _Slot) -> _Pending | None:

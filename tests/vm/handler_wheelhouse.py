@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +38,12 @@ def build_wheelhouse(dest: Path, timeout: float = 600) -> list[Path]:
         stdin=subprocess.DEVNULL,
     )
     (wheel,) = dest.glob("cdp_appliance-*.whl")
+    # The guest runs CPython 3.11: a wheel for another Python, or one built
+    # without a compiler (no fast path), is a broken image, not a slow one.
+    with zipfile.ZipFile(wheel) as zf:
+        fast = [n for n in zf.namelist() if n.startswith("appliance/tcmu/_fastring.")]
+    if "-cp311-" not in wheel.name or not fast:
+        raise RuntimeError(f"{wheel.name}: not a CPython 3.11 wheel with the fast path ({fast})")
     platforms = [a for p in PLATFORMS for a in ("--platform", p)]
     subprocess.run(
         [*pip, "download", "-d", str(dest), "--only-binary=:all:", "--python-version", "3.11",
