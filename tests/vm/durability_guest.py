@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.vm import vmctl
-from tests.vm.handler_wheelhouse import REPO, build_wheelhouse
+from tests.vm.handler_wheelhouse import PLATFORMS, REPO, build_wheelhouse
 
 IQN = "iqn.2003-01.org.example.cdp:dur"
 LOG = "/var/log/cdp-handlerd.log"
@@ -57,8 +57,6 @@ def unit_environment(unit: Path) -> dict[str, str]:
 # The appliance's own unit's environment (the allocator settings), so that the
 # daemon under test runs as it does on the appliance.
 DAEMON_ENV = unit_environment(REPO / "firmware/systemd/cdp-handlerd.service")
-PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64",
-             "manylinux_2_34_x86_64", "any")  # fmt: skip
 
 GUEST_SETUP = """\
 set -e
