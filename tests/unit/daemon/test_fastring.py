@@ -11,7 +11,6 @@ what the fast path takes and what it must leave alone.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import random
@@ -177,80 +176,81 @@ def test_same_bytes_with_every_capability_set(tmp_path, flags):
     assert stats.by_status[Status.GOOD] > taken
 
 
-def test_a_read_failing_in_c_is_answered_by_the_python_path(tmp_path):
+class DirectScan:
+    """A simulated ring and a primary, for calling the C scan directly."""
+
+    def __init__(self, primary) -> None:
+        self.sim = SimKernel(data_blocks=16)
+        self.mv = memoryview(self.sim.mm)
+        self.fd = os.open(str(primary), os.O_RDONLY)
+        self.scan = fastpath.scanner(
+            fd=self.fd, block_size=BS, size=SIZE, max_blocks=64, writes=False
+        )
+
+    def __call__(self, live=None):
+        s = self.sim
+        live = {} if live is None else live
+        return self.scan(self.mv, s.cmdr_off, s.cmdr_size, 0, s.head, s.data_off, True, live)
+
+    def close(self) -> None:
+        os.close(self.fd)
+        self.mv.release()
+        self.sim.close()
+
+
+@pytest.fixture
+def direct():
+    """direct(primary path) -> DirectScan; closed after the test."""
+    made = []
+
+    def make(primary):
+        made.append(DirectScan(primary))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.close()
+
+
+def test_a_read_failing_in_c_is_answered_by_the_python_path(tmp_path, direct):
     """EIO in the C read ends the run before that command; Python reads it
     again and reports the error (here: a primary fd that cannot be read)."""
-    uio = SimUio(data_blocks=16)
-    mv = memoryview(uio.sim.mm)
-    try:
-        for lba in (0, 8):
-            uio.sim.queue_cmd(rw10(READ_10, lba, 8), data_in=8 * BS)
-        fd = os.open(str(tmp_path), os.O_RDONLY)  # a directory: pread gives EISDIR
-        try:
-            scan = fastpath.scanner(fd=fd, block_size=BS, size=SIZE, max_blocks=64, writes=False)
-            end, count, writes, _ = scan(
-                mv, uio.sim.cmdr_off, uio.sim.cmdr_size, 0, uio.sim.head, uio.sim.data_off, True, {}
-            )
-        finally:
-            os.close(fd)
-        assert (end, count, writes) == (0, 0, None)  # nothing taken, nothing answered
-        assert os.strerror(errno.EISDIR)  # (the error the Python path will meet)
-    finally:
-        mv.release()
-        uio.sim.close()
-        uio.close()
+    d = direct(tmp_path)  # a directory: pread gives EISDIR
+    for lba in (0, 8):
+        d.sim.queue_cmd(rw10(READ_10, lba, 8), data_in=8 * BS)
+    end, count, writes, ids = d()
+    assert (end, count, writes, ids) == (0, 0, None, b"")  # nothing taken, nothing answered
 
 
-def test_a_short_primary_reads_zeros_past_its_end(tmp_path):
-    uio = SimUio(data_blocks=16)
-    mv = memoryview(uio.sim.mm)
+def test_a_short_primary_reads_zeros_past_its_end(tmp_path, direct):
     primary = tmp_path / "short.img"
     primary.write_bytes(b"\xab" * (4 * BS))
-    fd = os.open(str(primary), os.O_RDONLY)
-    try:
-        cmd = uio.sim.queue_cmd(rw10(READ_10, 0, 8), data_in=8 * BS)
-        scan = fastpath.scanner(fd=fd, block_size=BS, size=SIZE, max_blocks=64, writes=False)
-        end, count, _, _ = scan(
-            mv, uio.sim.cmdr_off, uio.sim.cmdr_size, 0, uio.sim.head, uio.sim.data_off, True, {}
-        )
-        assert (end, count) == (uio.sim.head, 1)
-        uio.sim.words[L.CMD_TAIL_WORD] = end
-        uio.sim.handle_completions()
-        (done,) = uio.sim.completions
-        assert done.cmd_id == cmd.cmd_id and done.status == Status.GOOD
-        assert done.data == b"\xab" * (4 * BS) + bytes(4 * BS)
-    finally:
-        os.close(fd)
-        mv.release()
-        uio.sim.close()
-        uio.close()
+    d = direct(primary)
+    cmd = d.sim.queue_cmd(rw10(READ_10, 0, 8), data_in=8 * BS)
+    end, count, _, _ = d()
+    assert (end, count) == (d.sim.head, 1)
+    d.sim.words[L.CMD_TAIL_WORD] = end
+    d.sim.handle_completions()
+    (done,) = d.sim.completions
+    assert done.cmd_id == cmd.cmd_id and done.status == Status.GOOD
+    assert done.data == b"\xab" * (4 * BS) + bytes(4 * BS)
 
 
-def test_live_and_repeated_ids_are_left_to_the_python_ring(tmp_path):
-    uio = SimUio(data_blocks=16)
-    mv = memoryview(uio.sim.mm)
+def test_live_and_repeated_ids_are_left_to_the_python_ring(tmp_path, direct):
     primary = tmp_path / "p.img"
     primary.write_bytes(bytes(SIZE))
-    fd = os.open(str(primary), os.O_RDONLY)
-    try:
-        a = uio.sim.queue_cmd(rw10(READ_10, 0, 1), data_in=BS)
-        b = uio.sim.queue_cmd(rw10(READ_10, 1, 1), data_in=BS)
-        scan = fastpath.scanner(fd=fd, block_size=BS, size=SIZE, max_blocks=64, writes=False)
-        args = (mv, uio.sim.cmdr_off, uio.sim.cmdr_size, 0, uio.sim.head, uio.sim.data_off, True)
-        # a live id (an outstanding command of the Python ring) is not taken
-        assert scan(*args, {a.cmd_id: None})[:2] == (0, 0)
-        live = {}
-        # the same id twice in one run: the second is left for the ring to void
-        start_b = uio.sim.cmdr_off + b.entry_off
-        mv[start_b + 4 : start_b + 6] = a.cmd_id.to_bytes(2, "little")
-        end, count, _, ids = scan(*args, live)
-        assert (end, count, ids) == (b.entry_off, 1, a.cmd_id.to_bytes(2, "little"))
-        assert live == {a.cmd_id: None}  # live until the ring publishes the run
-    finally:
-        os.close(fd)
-        mv.release()
-        uio.sim.close()
-        uio.close()
+    d = direct(primary)
+    a = d.sim.queue_cmd(rw10(READ_10, 0, 1), data_in=BS)
+    b = d.sim.queue_cmd(rw10(READ_10, 1, 1), data_in=BS)
+    # a live id (an outstanding command of the Python ring) is not taken
+    assert d({a.cmd_id: None})[:2] == (0, 0)
+    # the same id twice in one run: the second is left for the ring to void
+    start_b = d.sim.cmdr_off + b.entry_off
+    d.mv[start_b + 4 : start_b + 6] = a.cmd_id.to_bytes(2, "little")
+    live = {}
+    end, count, _, ids = d(live)
+    assert (end, count, ids) == (b.entry_off, 1, a.cmd_id.to_bytes(2, "little"))
+    assert live == {a.cmd_id: None}  # live until the ring publishes the run
 
 
 class FailingWrites(VolumeBackend):
@@ -285,32 +285,21 @@ def test_a_write_the_engine_refuses_gets_the_same_sense(tmp_path, caplog, backen
     assert stats.by_status[Status.CHECK_CONDITION] > 0
 
 
-def test_empty_iovecs_are_stepped_over(tmp_path):
+def test_empty_iovecs_are_stepped_over(tmp_path, direct):
     """A ring the kernel never writes, but a shared mapping is not trusted: an
     iovec of length 0 (here before the real one) must not stall the reader."""
-    uio = SimUio(data_blocks=16)
-    mv = memoryview(uio.sim.mm)
     primary = tmp_path / "p.img"
     primary.write_bytes(bytes(range(256)) * (SIZE // 256))
-    fd = os.open(str(primary), os.O_RDONLY)
-    try:
-        cmd = uio.sim.queue_cmd(rw10(READ_10, 8, 8), data_in=8 * BS)
-        start = uio.sim.cmdr_off + cmd.entry_off
-        (base, size), *_ = cmd.iovs
-        L.IOVEC.pack_into(mv, start + L.IOV_OFFSET, base, 0)
-        L.IOVEC.pack_into(mv, start + L.IOV_OFFSET + L.IOVEC.size, base, size)
-        mv[start + 8 : start + 12] = (2).to_bytes(4, "little")  # iov_cnt (the CDB is at +112)
-        scan = fastpath.scanner(fd=fd, block_size=BS, size=SIZE, max_blocks=64, writes=False)
-        end, count, _, _ = scan(
-            mv, uio.sim.cmdr_off, uio.sim.cmdr_size, 0, uio.sim.head, uio.sim.data_off, True, {}
-        )
-        assert (end, count) == (uio.sim.head, 1)
-        assert bytes(mv[base : base + size]) == primary.read_bytes()[8 * BS : 16 * BS]
-    finally:
-        os.close(fd)
-        mv.release()
-        uio.sim.close()
-        uio.close()
+    d = direct(primary)
+    cmd = d.sim.queue_cmd(rw10(READ_10, 8, 8), data_in=8 * BS)
+    start = d.sim.cmdr_off + cmd.entry_off
+    (base, size), *_ = cmd.iovs
+    L.IOVEC.pack_into(d.mv, start + L.IOV_OFFSET, base, 0)
+    L.IOVEC.pack_into(d.mv, start + L.IOV_OFFSET + L.IOVEC.size, base, size)
+    d.mv[start + 8 : start + 12] = (2).to_bytes(4, "little")  # iov_cnt (the CDB is at +112)
+    end, count, _, _ = d()
+    assert (end, count) == (d.sim.head, 1)
+    assert bytes(d.mv[base : base + size]) == primary.read_bytes()[8 * BS : 16 * BS]
 
 
 def _ring_pair(tmp_path):
