@@ -9,3 +9,18 @@ configfs knobs), :mod:`.dbus_service` (``org.kernel.TCMUService1`` for
 targetcli), :mod:`.config` (the TOML file) and :mod:`.main` (the process).
 See docs/HANDLER.md.
 """
+
+
+def handlerd(argv: list[str] | None = None) -> int:
+    """The ``cdp-handlerd`` entry point: choose the CRC32C implementation
+    (:mod:`appliance.crcprobe`) before anything imports it, then run
+    :func:`appliance.daemon.main.main`."""
+    import sys
+
+    from appliance import crcprobe
+
+    if not {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv):
+        crcprobe.configure()
+    from .main import main
+
+    return main(argv)

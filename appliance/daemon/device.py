@@ -182,6 +182,8 @@ class TcmuDevice:
         # Plain READ/WRITE answered by the compiled fast path (fastpath.py),
         # where they would run on the ring thread anyway.
         self._fast = self._inline and fastpath.AVAILABLE and hasattr(scsi.backend, "direct_read_fd")
+        # ... and, while the ring is idle, the waiting too (_serve_fast).
+        self._fast_loop = self._fast
 
     # -- life cycle -------------------------------------------------------------
 
@@ -232,15 +234,24 @@ class TcmuDevice:
         poller.register(uio_fd, select.POLLIN)
         poller.register(self._wake, select.POLLIN)
         while True:
-            for fd, _ in poller.poll(POLL_MS):
-                if fd != uio_fd:
-                    self._drain_wake()
-                    continue
-                try:
-                    self._events.wait_event()  # clear the event before reading the ring
-                except OSError as exc:  # the uio device is going away (removal)
-                    self._log.warning("device.uio_error", error=str(exc))
-                    self._stop.wait(0.1)
+            if (
+                self._fast
+                and self._fast_loop
+                and self._inflight == 0
+                and self.ring.idle
+                and not self._stop.is_set()
+            ):
+                self._serve_fast()  # waits, reads and writes in C until Python is needed
+            else:
+                for fd, _ in poller.poll(POLL_MS):
+                    if fd != uio_fd:
+                        self._drain_wake()
+                        continue
+                    try:
+                        self._events.wait_event()  # clear the event before reading the ring
+                    except OSError as exc:  # the uio device is going away (removal)
+                        self._log.warning("device.uio_error", error=str(exc))
+                        self._stop.wait(0.1)
             try:
                 new = self._serve_once()
             except RingError:
@@ -253,6 +264,77 @@ class TcmuDevice:
             if self._stop.is_set():
                 if (not new and self._inflight == 0) or self._clock() > self._stop_deadline:
                     break
+
+    def _fast_server(self):
+        """The compiled loop for this device, or None (a kick it cannot make)."""
+        kick = getattr(self._events, "kick_fd", None)
+        if kick is None:
+            kick = self.ring.kick
+        if kick is None:
+            return None
+        scsi = self.scsi
+        return fastpath.server(
+            state=self._loop_state,
+            on_writes=self._loop_writes,
+            block_size=scsi.block_size,
+            size=scsi.backend.size,
+            max_blocks=scsi.limits.max_transfer,
+            uio_fd=self._events.fileno(),
+            wake_fd=self._wake,
+            kick=kick,
+            timeout_ms=POLL_MS,
+        )
+
+    def _loop_state(self) -> tuple[int, bool]:
+        """Asked by the compiled loop before every run (as ``_fast_scan`` is
+        per poll): the primary's fd for direct reads (-1: none now), and
+        whether plain writes may be answered before the engine ran them (the
+        write cache on -- MODE SELECT or a netlink reconfigure may turn it
+        off -- and a writable LUN)."""
+        scsi = self.scsi
+        fd = scsi.backend.direct_read_fd()
+        return -1 if fd is None else fd, scsi.write_cache and not scsi.read_only
+
+    def _loop_writes(self, writes: list[tuple[int, int, bytes]]) -> None:
+        """A run of writes the compiled loop took: through the engine in one
+        journal batch, before the loop publishes their answers."""
+        with self._batch():
+            self._fast_writes(FastWrites(self.ring.generation, writes))
+
+    def _serve_fast(self) -> None:
+        """One turn of the compiled loop on the idle ring (what it answers
+        counts as GOOD, less the writes ``_fail_fast`` took back; as BUSY
+        what it answered so because ``_loop_writes`` raised).  Then the
+        Python path takes over."""
+        serve = self._fast_server()
+        if serve is None:
+            self._fast_loop = False
+            return
+        stats = self.ring.stats
+        fast, busy = stats.fast, stats.fast_busy
+        try:
+            try:
+                reason, err = self.ring.serve_fast(serve)
+            finally:
+                busy = stats.fast_busy - busy
+                served = stats.fast - fast - busy
+                self.stats.commands += served + busy
+                self.stats.busy += busy
+                if served:
+                    self._count(Status.GOOD, served)
+                if busy:
+                    self._count(Status.BUSY, busy)
+        except RingError:  # not idle after all: the Python path looks
+            self._log.exception("device.ring_error")
+            return
+        except Exception:  # a callback or the kick raised: log, go the Python way
+            self._log.exception("device.loop_error")
+            return
+        if reason == fastpath.WAKE:
+            self._drain_wake()
+        elif reason == fastpath.ERROR:  # the uio device is going away (removal)
+            self._log.warning("device.uio_error", error=os.strerror(err))
+            self._stop.wait(0.1)
 
     def _serve_once(self) -> int:
         ring = self.ring

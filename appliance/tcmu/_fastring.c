@@ -21,7 +21,7 @@
  * ends the run *before* that entry, and the Python ring parses it as it
  * always did, producing the exact error.  The checks are the ones of
  * appliance/scsi/block_io.py (_plain, _fits) and appliance/tcmu/ring.py
- * (_parse, _parse_cmd); tests/unit/tcmu/test_fastring.py runs both paths on
+ * (_parse, _parse_cmd); tests/unit/daemon/test_fastring.py runs both paths on
  * the same rings and compares every byte of the mapping.
  *
  * Responses go into the command's own slot, with its own cmd_id, exactly as
@@ -43,7 +43,9 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #define OP_MASK 0x7u
 #define OP_PAD 0u
@@ -52,6 +54,7 @@
 #define IOV_OFFSET 48u
 #define UFLAG_READ_LEN 0x2u
 #define FUA_BIT 0x08u
+#define STATUS_BUSY 0x08u
 
 #define MODE_READS 1
 #define MODE_WRITES 2
@@ -196,21 +199,39 @@ PyDoc_STRVAR(scan_doc,
 "endian), which are also put into ``live`` (the ring drops them when it\n"
 "publishes the run).");
 
-static PyObject *scan(PyObject *self, PyObject *args)
-{
-    Py_buffer buf;
-    unsigned long long cmdr_off, cmdr_size, pos, head, data_off, size, max_blocks;
+/* The ring and the device, as one poll sees them. */
+typedef struct {
+    uint8_t *map;
+    uint64_t map_size, cmdr_off, cmdr_size, data_off, size, max_blocks;
     unsigned long block_size;
-    int with_read_len, fd, mode;
+    int with_read_len, fd;
     PyObject *live;
-    if (!PyArg_ParseTuple(args, "w*KKKKKpOikKKi", &buf, &cmdr_off, &cmdr_size, &pos, &head,
-                          &data_off, &with_read_len, &live, &fd, &block_size, &size,
-                          &max_blocks, &mode))
-        return NULL;
+} ring_ctx;
 
-    uint8_t *map = buf.buf;
-    uint64_t map_size = (uint64_t)buf.len;
-    PyObject *writes = NULL, *ids = NULL, *result = NULL;
+/* What take_run() took: the ring position after it, how many commands, the
+ * writes (a list, or NULL) and the ids (bytes, or NULL unless mark_live). */
+typedef struct {
+    uint64_t end;
+    Py_ssize_t count;
+    PyObject *writes;
+    PyObject *ids;
+    uint64_t *wslots; /* the writes' mapping offsets (PyMem; the caller frees) */
+} run_out;
+
+/* The longest run of fast entries from ``pos`` (the module comment), answered
+ * in their slots.  ``mark_live``: the ids go into the live table and come back
+ * as bytes (the caller publishes later); else the caller publishes at once.
+ * 0, or -1 with a Python exception (nothing answered then). */
+static int take_run(ring_ctx *c, uint64_t pos, uint64_t head, int mode, int mark_live, run_out *r)
+{
+    uint8_t *map = c->map;
+    uint64_t map_size = c->map_size, cmdr_off = c->cmdr_off, cmdr_size = c->cmdr_size;
+    uint64_t data_off = c->data_off, size = c->size, max_blocks = c->max_blocks;
+    unsigned long block_size = c->block_size;
+    int with_read_len = c->with_read_len, fd = c->fd;
+    PyObject *live = c->live;
+    PyObject *writes = NULL, *ids = NULL;
+    int rc = -1;
     read_plan plan = {0};
     uint64_t start_pos = pos;
     Py_ssize_t count = 0;
@@ -218,11 +239,6 @@ static PyObject *scan(PyObject *self, PyObject *args)
     uint64_t seen[65536 / 64]; /* ids taken in this run */
     memset(seen, 0, sizeof seen);
 
-    if (!PyDict_Check(live) || block_size == 0 || cmdr_off + cmdr_size > map_size ||
-        pos >= cmdr_size || head >= cmdr_size || data_off > map_size) {
-        PyErr_SetString(PyExc_ValueError, "bad ring geometry or arguments");
-        goto out;
-    }
     if (fd < 0)
         mode &= ~MODE_READS;
 
@@ -392,28 +408,30 @@ static PyObject *scan(PyObject *self, PyObject *args)
     /* The run's ids become live (the ring forgets them when it publishes the
      * run): a repeated id in a later entry is then voided by either path.
      * All or nothing, before any response is written. */
-    ids = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(2 * (size_t)count));
-    if (ids == NULL)
-        goto out;
-    uint8_t *idp = (uint8_t *)PyBytes_AS_STRING(ids);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        uint16_t id = run == RUN_WRITES ? plan.wids[i] : plan.jobs[i].cmd_id;
-        idp[2 * i] = (uint8_t)id;
-        idp[2 * i + 1] = (uint8_t)(id >> 8);
-        PyObject *key = PyLong_FromUnsignedLong(id);
-        int rc = key == NULL ? -1 : PyDict_SetItem(live, key, Py_None);
-        Py_XDECREF(key);
-        if (rc < 0) {
-            PyObject *type, *value, *tb;
-            PyErr_Fetch(&type, &value, &tb);
-            for (Py_ssize_t j = 0; j < i; j++) {
-                PyObject *k = PyLong_FromUnsignedLong(idp[2 * j] | idp[2 * j + 1] << 8);
-                if (k == NULL || PyDict_DelItem(live, k) < 0)
-                    PyErr_Clear();
-                Py_XDECREF(k);
-            }
-            PyErr_Restore(type, value, tb);
+    if (mark_live) {
+        ids = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(2 * (size_t)count));
+        if (ids == NULL)
             goto out;
+        uint8_t *idp = (uint8_t *)PyBytes_AS_STRING(ids);
+        for (Py_ssize_t i = 0; i < count; i++) {
+            uint16_t id = run == RUN_WRITES ? plan.wids[i] : plan.jobs[i].cmd_id;
+            idp[2 * i] = (uint8_t)id;
+            idp[2 * i + 1] = (uint8_t)(id >> 8);
+            PyObject *key = PyLong_FromUnsignedLong(id);
+            int bad = key == NULL ? -1 : PyDict_SetItem(live, key, Py_None);
+            Py_XDECREF(key);
+            if (bad < 0) {
+                PyObject *type, *value, *tb;
+                PyErr_Fetch(&type, &value, &tb);
+                for (Py_ssize_t j = 0; j < i; j++) {
+                    PyObject *k = PyLong_FromUnsignedLong(idp[2 * j] | idp[2 * j + 1] << 8);
+                    if (k == NULL || PyDict_DelItem(live, k) < 0)
+                        PyErr_Clear();
+                    Py_XDECREF(k);
+                }
+                PyErr_Restore(type, value, tb);
+                goto out;
+            }
         }
     }
     for (size_t i = 0; i < done; i++)
@@ -422,7 +440,16 @@ static PyObject *scan(PyObject *self, PyObject *args)
         write_response(map + plan.wslots[i], 0, 0);
     if (run != RUN_WRITES)
         Py_CLEAR(writes);
-    result = Py_BuildValue("(KnOO)", (unsigned long long)pos, count, writes ? writes : Py_None, ids);
+    r->end = pos;
+    r->count = count;
+    r->writes = writes;
+    r->ids = ids;
+    writes = ids = NULL;
+    if (run == RUN_WRITES) {
+        r->wslots = plan.wslots;
+        plan.wslots = NULL;
+    }
+    rc = 0;
 
 out:
     Py_XDECREF(writes);
@@ -431,12 +458,282 @@ out:
     PyMem_Free(plan.iov);
     PyMem_Free(plan.wslots);
     PyMem_Free(plan.wids);
+    return rc;
+}
+
+/* The geometry checks both entry points make.  0, or -1 with ValueError. */
+static int check_ctx(const ring_ctx *c, uint64_t pos)
+{
+    if (!PyDict_Check(c->live) || c->block_size == 0 || c->cmdr_off + c->cmdr_size > c->map_size ||
+        pos >= c->cmdr_size || c->data_off > c->map_size) {
+        PyErr_SetString(PyExc_ValueError, "bad ring geometry or arguments");
+        return -1;
+    }
+    return 0;
+}
+
+/* The ring and device arguments both entry points take. */
+static void fill_ctx(ring_ctx *c, Py_buffer *buf, uint64_t cmdr_off, uint64_t cmdr_size,
+                     uint64_t data_off, uint64_t size, uint64_t max_blocks)
+{
+    c->map = buf->buf;
+    c->map_size = (uint64_t)buf->len;
+    c->cmdr_off = cmdr_off;
+    c->cmdr_size = cmdr_size;
+    c->data_off = data_off;
+    c->size = size;
+    c->max_blocks = max_blocks;
+}
+
+static PyObject *scan(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    ring_ctx c;
+    unsigned long long cmdr_off, cmdr_size, pos, head, data_off, size, max_blocks;
+    int mode;
+    if (!PyArg_ParseTuple(args, "w*KKKKKpOikKKi", &buf, &cmdr_off, &cmdr_size, &pos, &head,
+                          &data_off, &c.with_read_len, &c.live, &c.fd, &c.block_size, &size,
+                          &max_blocks, &mode))
+        return NULL;
+    fill_ctx(&c, &buf, cmdr_off, cmdr_size, data_off, size, max_blocks);
+    PyObject *result = NULL;
+    run_out r = {0};
+    if (check_ctx(&c, pos) == 0 && head >= cmdr_size)
+        PyErr_SetString(PyExc_ValueError, "bad ring geometry or arguments");
+    else if (!PyErr_Occurred() && take_run(&c, pos, head, mode, 1, &r) == 0) {
+        result = Py_BuildValue("(KnOO)", (unsigned long long)r.end, r.count,
+                               r.writes ? r.writes : Py_None, r.ids);
+        Py_XDECREF(r.writes);
+        Py_XDECREF(r.ids);
+        PyMem_Free(r.wslots);
+    }
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+
+/* Why serve() returned. */
+#define SERVE_TIMEOUT 0 /* nothing came in timeout_ms */
+#define SERVE_WAKE 1    /* the wake fd is readable (left for the caller to drain) */
+#define SERVE_ENTRIES 2 /* an entry at the tail needs the Python path */
+#define SERVE_RESET 3   /* cmd_tail is not ours any more: the ring was reset */
+#define SERVE_ERROR 4   /* poll, the event read or the kick failed (errno) */
+#define SERVE_EXCEPTION 5 /* state(), on_writes() or kick() raised (the exception) */
+
+/* A small fd or a Python object's int value; -1 otherwise (no exception). */
+static int as_fd(PyObject *o)
+{
+    if (!PyLong_Check(o))
+        return -1;
+    long v = PyLong_AsLong(o);
+    if (v < 0 || v > 0x7fffffff) {
+        PyErr_Clear();
+        return -1;
+    }
+    return (int)v;
+}
+
+PyDoc_STRVAR(serve_doc,
+"serve(ring, cmdr_off, cmdr_size, tail, data_off, read_len, live, state,\n"
+"      on_writes, block_size, size, max_blocks, head_off, tail_off, uio_fd,\n"
+"      wake_fd, kick, timeout_ms)\n"
+"    -> (reason, tail, served, busy, kicks, errno, exception)\n"
+"\n"
+"The ring thread's loop while the ring holds nothing parsed and unpublished\n"
+"(tail = parse cursor, nothing live): wait for the uio event (or the wake\n"
+"fd), then answer the run of plain READs (or plain WRITEs) at the tail in\n"
+"place and publish it at once (cmd_tail, kick), and again, until something\n"
+"needs Python.  ``state()`` is asked before every run: ``(fd, writes)``,\n"
+"the primary's fd for direct reads (-1: reads go the Python way) and\n"
+"whether plain writes may go this way (write cache on, writable LUN).\n"
+"``on_writes(writes)`` runs a run of writes ((slot, offset, payload) each,\n"
+"answered GOOD in their slots) through the engine before the run is\n"
+"published, rewriting the answer of any write that failed; ``kick`` is the\n"
+"uio fd to write to, or a callable.  Returns why it stopped (SERVE_*), the\n"
+"new tail (also stored in the mailbox), the commands answered GOOD (or as\n"
+"on_writes rewrote them), those answered BUSY because on_writes raised,\n"
+"the kicks made, an errno for SERVE_ERROR and the exception for\n"
+"SERVE_EXCEPTION (raised by state(), on_writes() or kick(); the runs\n"
+"before it stay published).  The GIL is released while it waits, reads\n"
+"and kicks.");
+
+static PyObject *serve(PyObject *self, PyObject *args)
+{
+    Py_buffer buf;
+    ring_ctx c;
+    unsigned long long cmdr_off, cmdr_size, tail, data_off, size, max_blocks, head_off, tail_off;
+    int uio_fd, wake_fd, timeout_ms;
+    PyObject *state, *kick, *on_writes;
+    if (!PyArg_ParseTuple(args, "w*KKKKpOOOkKKKKiiOi", &buf, &cmdr_off, &cmdr_size, &tail,
+                          &data_off, &c.with_read_len, &c.live, &state, &on_writes,
+                          &c.block_size, &size, &max_blocks, &head_off, &tail_off, &uio_fd,
+                          &wake_fd, &kick, &timeout_ms))
+        return NULL;
+    fill_ctx(&c, &buf, cmdr_off, cmdr_size, data_off, size, max_blocks);
+    c.fd = -1;
+    PyObject *result = NULL;
+    int kick_fd = as_fd(kick);
+    if (check_ctx(&c, tail) < 0)
+        goto done;
+    if (head_off + 4 > c.map_size || tail_off + 4 > c.map_size || head_off % 4 || tail_off % 4 ||
+        (kick_fd < 0 && !PyCallable_Check(kick)) || !PyCallable_Check(state) ||
+        !PyCallable_Check(on_writes)) {
+        PyErr_SetString(PyExc_ValueError, "bad mailbox offsets, kick, state or on_writes");
+        goto done;
+    }
+    uint32_t *head_p = (uint32_t *)(c.map + head_off), *tail_p = (uint32_t *)(c.map + tail_off);
+    int reason = SERVE_ENTRIES, err = 0;
+    PyObject *exc = NULL;
+    Py_ssize_t served = 0, kicks = 0, busy = 0;
+    for (;;) {
+        if (__atomic_load_n(tail_p, __ATOMIC_ACQUIRE) != (uint32_t)tail) {
+            reason = SERVE_RESET;
+            break;
+        }
+        uint64_t head = __atomic_load_n(head_p, __ATOMIC_ACQUIRE);
+        if (head != tail) {
+            if (head >= cmdr_size)
+                break; /* the Python ring reports the bad index */
+            /* What may go the fast way now: (the primary's fd or -1, writes
+             * allowed); asked before every run, as the scan path asks per poll. */
+            PyObject *now = PyObject_CallNoArgs(state);
+            if (now == NULL)
+                goto failed;
+            int fd_now = -1, writes_ok = 0;
+            if (!PyArg_ParseTuple(now, "ip;state() must give (fd, writes)", &fd_now, &writes_ok)) {
+                Py_DECREF(now);
+                goto failed;
+            }
+            Py_DECREF(now);
+            c.fd = fd_now < 0 ? -1 : fd_now;
+            /* Without an fd (a restore began) reads go the Python way. */
+            int mode = (c.fd >= 0 ? MODE_READS : 0) | (writes_ok ? MODE_WRITES : 0);
+            run_out r = {0};
+            if (mode == 0)
+                break;
+            if (take_run(&c, tail, head, mode, 0, &r) < 0)
+                goto failed;
+            if (r.end == tail)
+                break; /* not a fast entry: the Python path */
+            PyObject *etype = NULL, *evalue = NULL, *etb = NULL; /* on_writes() raised */
+            if (r.writes != NULL) {
+                /* The engine writes them (and rewrites the answer of any it
+                 * refuses) before the tail passes them.  If it raises, which
+                 * it should not, every write of the run is answered BUSY:
+                 * not acknowledged, the initiator sends it again (the
+                 * entries cannot be parsed again: the answers overwrote
+                 * the requests).  The slots are the scan's own record, not
+                 * the list the callback saw. */
+                PyObject *ok = PyObject_CallOneArg(on_writes, r.writes);
+                if (ok == NULL) {
+                    PyErr_Fetch(&etype, &evalue, &etb);
+                    for (Py_ssize_t i = 0; i < r.count; i++) {
+                        write_response(c.map + r.wslots[i], 0, 0);
+                        c.map[r.wslots[i] + 8] = STATUS_BUSY;
+                    }
+                    busy += r.count;
+                }
+                Py_XDECREF(ok);
+                Py_DECREF(r.writes);
+                PyMem_Free(r.wslots);
+            }
+            tail = r.end % cmdr_size;
+            /* One aligned 4-byte store after every response byte. */
+            __atomic_store_n(tail_p, (uint32_t)tail, __ATOMIC_RELEASE);
+            if (r.count) {
+                if (etype == NULL) /* (BUSY answers are counted apart) */
+                    served += r.count;
+                kicks++;
+                if (kick_fd >= 0) {
+                    uint32_t one = 1;
+                    ssize_t k;
+                    Py_BEGIN_ALLOW_THREADS
+                    do
+                        k = write(kick_fd, &one, sizeof one);
+                    while (k < 0 && errno == EINTR);
+                    Py_END_ALLOW_THREADS
+                    if (k < 0 && etype == NULL) {
+                        err = errno;
+                        reason = SERVE_ERROR;
+                        break;
+                    }
+                } else {
+                    PyObject *k = PyObject_CallNoArgs(kick);
+                    if (k == NULL && etype == NULL)
+                        goto failed;
+                    if (k == NULL)
+                        PyErr_Clear(); /* on_writes()'s exception is the one to report */
+                    Py_XDECREF(k);
+                }
+            }
+            if (etype != NULL) {
+                PyErr_Restore(etype, evalue, etb);
+                goto failed;
+            }
+            continue; /* more may have come meanwhile */
+        }
+        struct pollfd p[2] = {{uio_fd, POLLIN, 0}, {wake_fd, POLLIN, 0}};
+        int n;
+        Py_BEGIN_ALLOW_THREADS
+        n = poll(p, wake_fd >= 0 ? 2 : 1, timeout_ms);
+        Py_END_ALLOW_THREADS
+        if (n < 0) {
+            if (errno == EINTR) {
+                if (PyErr_CheckSignals() < 0)
+                    goto failed;
+                continue;
+            }
+            err = errno;
+            reason = SERVE_ERROR;
+            break;
+        }
+        if (n == 0) {
+            reason = SERVE_TIMEOUT;
+            break;
+        }
+        if (wake_fd >= 0 && p[1].revents) {
+            reason = SERVE_WAKE;
+            break;
+        }
+        if (p[0].revents & (POLLERR | POLLHUP | POLLNVAL)) {
+            err = EIO;
+            reason = SERVE_ERROR;
+            break;
+        }
+        /* Clear the event before looking at cmd_head (a command queued after
+         * this read raises a new one). */
+        uint32_t events;
+        if (read(uio_fd, &events, sizeof events) < 0 && errno != EAGAIN && errno != EINTR) {
+            err = errno;
+            reason = SERVE_ERROR;
+            break;
+        }
+    }
+    goto answer;
+failed: /* what was published stays published: the caller must learn the tail */
+    {
+        PyObject *type, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        PyErr_NormalizeException(&type, &exc, &tb);
+        if (tb != NULL)
+            PyException_SetTraceback(exc, tb);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+        reason = SERVE_EXCEPTION;
+    }
+answer:
+    result = Py_BuildValue("(iKnnniO)", reason, (unsigned long long)tail, served, busy, kicks,
+                           err, exc ? exc : Py_None);
+    Py_XDECREF(exc);
+
+done:
     PyBuffer_Release(&buf);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
+    {"serve", serve, METH_VARARGS, serve_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -76,7 +76,8 @@ class Response(NamedTuple):
 @dataclass(slots=True)
 class RingStats:
     commands: int = 0
-    fast: int = 0  # of them answered by a FastScan
+    fast: int = 0  # of them answered by a FastScan or the FastServe loop
+    fast_busy: int = 0  # of those, answered BUSY: the loop's write callback raised
     tmrs: int = 0
     malformed: int = 0
     completions: int = 0

@@ -121,6 +121,10 @@ class FastWrites(NamedTuple):
 #: of writes): those run after the poll, and a read answered during it must
 #: not overtake them.
 FastScan = Callable[..., tuple[int, int, "list[tuple[int, int, bytes]] | None", bytes]]
+# The compiled serving loop (fastpath.server): called with the ring's mapping,
+# geometry, tail, read_len capability, live table and mailbox offsets; returns
+# (reason, tail, served, busy, kicks, errno, exception).
+FastServe = Callable[..., tuple[int, int, int, int, int, int, "BaseException | None"]]
 
 
 class _Pending(NamedTuple):
@@ -255,6 +259,55 @@ class CommandRing:
             if item is not None:
                 out.append(item)
         return out
+
+    @property
+    def kick(self) -> Callable[[], None] | None:
+        """What :meth:`flush` calls to tell the kernel (None: nothing)."""
+        return self._kick
+
+    @property
+    def idle(self) -> bool:
+        """Every command parsed so far is answered and published: no slot
+        waits and no command is live (with OOOC a worker's command can be live
+        with its slot stolen: its answer then needs a later slot)."""
+        return not self._slots and not self._live
+
+    def serve_fast(self, serve: FastServe) -> tuple[int, int]:
+        """Let the compiled loop ``serve`` (fastpath.server) run the idle ring:
+        it waits for the kernel, answers plain READs and WRITEs in place and
+        publishes them (``cmd_tail`` and the kick) itself, until something
+        needs this class.  Returns its ``(reason, errno)``; what it answered
+        is counted in :attr:`stats` (``fast``; ``fast_busy``: answered BUSY
+        because its write callback raised).  Re-raises what its callbacks
+        raised, after taking over the tail it got to.
+
+        :raises RingError: the ring is not idle.
+        """
+        self._require_open()
+        if not self.idle or self._read != self._tail:
+            raise RingError("serve_fast on a ring with unpublished entries")
+        reason, tail, served, busy, kicks, err, exc = serve(
+            self._mv,
+            self.cmdr_off,
+            self.cmdr_size,
+            self._tail,
+            self.data_off,
+            self.supports_read_len,
+            self._live,
+            L.CMD_HEAD_OFFSET,
+            L.CMD_TAIL_OFFSET,
+        )
+        self._read = self._tail = tail
+        stats = self.stats
+        stats.commands += served + busy
+        stats.fast += served + busy
+        stats.fast_busy += busy
+        stats.completions += served + busy
+        stats.batches += kicks
+        stats.kicks += kicks
+        if exc is not None:
+            raise exc
+        return reason, err
 
     def _parse(self, pos: int, head: int) -> tuple[_Slot, Command | TmrNotification | None]:
         start = self.cmdr_off + pos

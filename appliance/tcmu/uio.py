@@ -127,6 +127,11 @@ class UioDevice:
         """Tell the kernel to collect completions (any 4-byte write)."""
         os.write(self.fd, _KICK)
 
+    @property
+    def kick_fd(self) -> int:
+        """The fd :meth:`kick` writes to (the compiled loop kicks it itself)."""
+        return self.fd
+
     def wait_event(self) -> int | None:
         """Consume the UIO event count; None if nothing is pending (non-blocking fd)."""
         try:

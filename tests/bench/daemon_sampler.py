@@ -81,7 +81,7 @@ def main() -> int:
     out = sys.argv[1]
     sys.argv = [sys.argv[0], *sys.argv[2:]]
     threading.Thread(target=_sampler, args=(out,), name="sampler", daemon=True).start()
-    from appliance.daemon.main import main as daemon_main
+    from appliance.daemon import handlerd as daemon_main
 
     return daemon_main()
 

@@ -40,7 +40,7 @@ UNIT = "cdp-handlerd"
 
 SITE = "/opt/cdp/site"
 PYTHON = f"/usr/bin/env PYTHONPATH={SITE} /usr/bin/python3"
-DAEMON = f"{PYTHON} -c 'import sys; from appliance.daemon.main import main; sys.exit(main())'"
+DAEMON = f"{PYTHON} -c 'import sys; from appliance.daemon import handlerd; sys.exit(handlerd())'"
 
 
 def unit_environment(unit: Path) -> dict[str, str]:
