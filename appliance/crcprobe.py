@@ -29,8 +29,6 @@ import sys
 
 import structlog
 
-log = structlog.get_logger("cdp.crc32c")
-
 ENV = "CRC32C_SW_MODE"
 SOFTWARE = "force"  # the package's value for "software code, instruction or not"
 HARDWARE = "hardware"  # ENV left unset: the package's default, the instruction if any
@@ -76,36 +74,39 @@ def choose(python: str = sys.executable) -> tuple[str, dict]:
     }
 
 
+# What configure() did, for log_choice() (the daemon configures its logging later).
+CHOSEN: dict | None = None
+
+
 def configure(cache: str = CACHE) -> str | None:
     """Make this process (and its children) use the faster implementation:
     ``CRC32C_SW_MODE=force`` for the software code, nothing for the
     instruction.  Returns the choice (:data:`SOFTWARE` or :data:`HARDWARE`),
     or None when it was too late (the package is imported already) or the
-    administrator set the variable.
+    administrator set the variable.  What it did is kept in :data:`CHOSEN`.
 
     Never fails the caller: if the measurement fails, the package's own
     choice stands."""
+    global CHOSEN
     if ENV in os.environ or "crc32c" in sys.modules:
+        CHOSEN = {"source": "environment" if ENV in os.environ else "too late"}
         return None
     try:
         with open(cache) as f:
             mode = f.read().strip()
         if mode in (HARDWARE, SOFTWARE):
             _apply(mode)
+            CHOSEN = {"implementation": _name(mode), "source": cache}
             return mode
     except OSError:
         pass
     try:
         mode, figures = choose()
     except (OSError, ValueError, IndexError, subprocess.SubprocessError) as exc:
-        log.warning("crc32c.probe_failed", error=str(exc))
+        CHOSEN = {"source": "package default", "probe_error": str(exc)}
         return None
     _apply(mode)
-    log.info(
-        "crc32c.chosen",
-        implementation="software" if mode == SOFTWARE else "package default",
-        **figures,
-    )
+    CHOSEN = {"implementation": _name(mode), "source": "measured", **figures}
     try:
         tmp = f"{cache}.{os.getpid()}"
         with open(tmp, "w") as f:
@@ -114,6 +115,16 @@ def configure(cache: str = CACHE) -> str | None:
     except OSError:  # no runtime folder (yet): measure again next time
         pass
     return mode
+
+
+def log_choice() -> None:
+    """Log what :func:`configure` did (``crc32c.chosen``), once logging is set up."""
+    if CHOSEN is not None:
+        structlog.get_logger("cdp.crc32c").info("crc32c.chosen", **CHOSEN)
+
+
+def _name(mode: str) -> str:
+    return "software" if mode == SOFTWARE else "instruction if any"
 
 
 def _apply(mode: str) -> None:

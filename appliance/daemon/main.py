@@ -37,6 +37,7 @@ from pathlib import Path
 
 import structlog
 
+from appliance import crcprobe
 from appliance.control.manager import VolumeManager
 from appliance.control.server import ControlServer
 from appliance.tcmu import parse_uio_name
@@ -288,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cdp-handlerd: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, config.log_json)
+    crcprobe.log_choice()
     try:
         asyncio.run(Daemon(config).run())
     except (HandlerError, DeviceSetupError) as exc:

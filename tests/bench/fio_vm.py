@@ -189,7 +189,9 @@ def run_backstore(
         out["load"] = os.getloadavg()
         if kind == "cdp":
             out["daemon"] = [
-                e for e in log_events(vm) if e.get("event") in ("daemon.ready", "device.attached")
+                e
+                for e in log_events(vm)
+                if e.get("event") in ("crc32c.chosen", "daemon.ready", "device.attached")
             ]
             if profile:
                 time.sleep(3)  # one more dump of the counts

@@ -52,29 +52,30 @@ def run_configure(tmp_path, env_extra, cache_text=None):
         "import os, sys; from appliance import crcprobe; "
         f"r = crcprobe.configure({str(cache)!r}); import crc32c; "
         "print(r, os.environ.get('CRC32C_SW_MODE'), int(crc32c.hardware_based), "
-        "crc32c.crc32c(b'123456789'))"
+        "crc32c.crc32c(b'123456789'), crcprobe.CHOSEN['source'].replace(' ', '_'))"
     )
     env = {k: v for k, v in os.environ.items() if k != crcprobe.ENV}
     env.update(env_extra)
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    return out.stdout.split(), cache
+    *fields, source = out.stdout.split()
+    return fields, cache, source
 
 
 CHECK = str(0xE3069283)  # CRC-32C of "123456789"
 
 
 def test_configure_uses_the_cache_before_the_package_is_imported(tmp_path):
-    (result, env, hardware, crc), _ = run_configure(tmp_path, {}, "force\n")
-    assert (result, env, hardware, crc) == ("force", "force", "0", CHECK)
-    (result, env, _, crc), _ = run_configure(tmp_path, {}, "hardware\n")
+    (result, env, hardware, crc), cache, source = run_configure(tmp_path, {}, "force\n")
+    assert (result, env, hardware, crc, source) == ("force", "force", "0", CHECK, str(cache))
+    (result, env, _, crc), _, _ = run_configure(tmp_path, {}, "hardware\n")
     assert (result, env, crc) == ("hardware", "None", CHECK)
 
 
 def test_configure_measures_and_keeps_the_result(tmp_path):
-    (result, env, hardware, crc), cache = run_configure(tmp_path, {})
-    assert result in (crcprobe.HARDWARE, crcprobe.SOFTWARE)
+    (result, env, hardware, crc), cache, source = run_configure(tmp_path, {})
+    assert result in (crcprobe.HARDWARE, crcprobe.SOFTWARE) and source == "measured"
     # software: the variable says so; the instruction: the variable stays unset
     assert env == ("force" if result == crcprobe.SOFTWARE else "None")
     assert cache.read_text().strip() == result
@@ -82,13 +83,13 @@ def test_configure_measures_and_keeps_the_result(tmp_path):
 
 
 def test_configure_leaves_the_administrators_choice(tmp_path):
-    (result, env, hardware, crc), cache = run_configure(tmp_path, {crcprobe.ENV: "force"})
-    assert (result, env, hardware, crc) == ("None", "force", "0", CHECK)
+    (result, env, hardware, crc), cache, source = run_configure(tmp_path, {crcprobe.ENV: "force"})
+    assert (result, env, hardware, crc, source) == ("None", "force", "0", CHECK, "environment")
     assert not cache.exists()
 
 
 def test_configure_ignores_a_bad_cache(tmp_path):
-    (result, env, _, _), cache = run_configure(tmp_path, {}, "garbage")
+    (result, env, _, _), cache, _ = run_configure(tmp_path, {}, "garbage")
     assert result in (crcprobe.HARDWARE, crcprobe.SOFTWARE)
     assert cache.read_text().strip() == result
 
@@ -102,3 +103,30 @@ def test_the_daemon_entry_point_does_not_import_the_package():
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert out.stdout.strip() == "False"
+
+
+def test_the_choice_is_logged_once_logging_is_set_up(monkeypatch):
+    """configure() runs before the daemon configures its logs (JSON under
+    systemd), so it only records; main() logs ``crc32c.chosen`` afterwards."""
+    import logging
+
+    import structlog
+    from structlog.testing import capture_logs
+
+    monkeypatch.setattr(crcprobe, "CHOSEN", {"implementation": "software", "source": "measured"})
+    # the test suite's own configuration shows warnings only; the daemon's, info
+    before = structlog.get_config()["wrapper_class"]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    try:
+        with capture_logs() as logs:
+            crcprobe.log_choice()
+    finally:
+        structlog.configure(wrapper_class=before)
+    assert logs == [
+        {
+            "event": "crc32c.chosen",
+            "implementation": "software",
+            "source": "measured",
+            "log_level": "info",
+        }
+    ]
