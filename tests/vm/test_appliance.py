@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -245,6 +246,31 @@ def test_cdp_health_and_targetcli_on_path(appliance):
     assert f"firmware  version {ai.project_version()}" in r.stdout
     which = appliance.ssh("readlink -f $(command -v targetcli)").stdout.strip()
     assert which == "/opt/cdp/venv/bin/targetcli-cdp"
+
+
+def test_the_daemon_logged_its_crc32c_choice(appliance):
+    """At start the daemon measures the crc32c package with the CPU's crc32
+    instruction and with its software code, takes the faster (appliance/
+    crcprobe.py) and logs ``crc32c.chosen`` as a JSON line once its logging is
+    set up.  Under qemu's TCG, where this VM runs, the instruction is emulated
+    one bit per step, so the software code should win here; the test checks
+    that the choice follows the figures."""
+    out = appliance.ssh("journalctl -u cdp-handlerd -o cat --no-pager", timeout=120).stdout
+    events = []
+    for line in out.splitlines():
+        if "crc32c.chosen" in line:
+            events.append(json.loads(line))  # a JSON line, like the daemon's others
+    assert events, out[-2000:]
+    first = events[0]
+    print(f"\ncrc32c.chosen: {first}")
+    assert first["source"] == "measured", first  # the first start of this boot measures
+    if first["instruction"]:
+        faster = first["software_mbs"] > 1.5 * first["instruction_mbs"]
+        assert first["implementation"] == ("software" if faster else "instruction if any"), first
+    else:  # a CPU model without SSE4.2: the package uses its software code anyway
+        assert first["implementation"] == "instruction if any", first
+    for later in events[1:]:  # restarts in the same boot take the kept choice
+        assert later["implementation"] == first["implementation"], later
 
 
 def test_power_cycle_onto_a_fresh_root_keeps_everything(appliance, image):
