@@ -104,19 +104,19 @@ def loop(tmp_path):
 
 def test_reads_are_answered_published_and_kicked_then_it_waits(loop):
     x = loop()
-    cmds = [x.read(lba, n, cdb) for lba, n, cdb in [(0, 1, rw10), (9, 8, rw16), (500, 12, rw10)]]
+    reads = [(0, 1, rw10), (9, 8, rw16), (500, 12, rw10)]
+    cmds = [x.read(lba, n, cdb) for lba, n, cdb in reads]
     x.event()
     assert x.serve() == (fastpath.TIMEOUT, 0)  # answered, then waited 20 ms for more
     done = x.done()
-    for cmd, (lba, n) in zip(cmds, [(0, 1), (9, 8), (500, 12)], strict=True):
+    for cmd, (lba, n, _) in zip(cmds, reads, strict=True):
         got = done[cmd.cmd_id]
         assert got.status == Status.GOOD and got.data == x.data[lba * BS : (lba + n) * BS]
     assert x.sim.idle() and not x.sim.broken and x.ring.idle
     assert x.sim.kicks == 1  # one run, one kick
-    # the event was consumed
     s = x.ring.stats
     assert (s.commands, s.fast, s.completions, s.kicks) == (3, 3, 3, 1)
-    with pytest.raises(BlockingIOError):
+    with pytest.raises(BlockingIOError):  # the event was consumed
         os.read(x.ev_r, 10)
 
 
