@@ -112,7 +112,7 @@ def verify_files(vm, mnt: str, dev: str) -> None:
         report.append(f"$ {command}\n{out.stdout}{out.stderr}")
         return out.stdout
 
-    kernel = probe("dmesg | grep -iE 'ext4|jbd2' | tail -n 30")
+    kernel = probe("dmesg | grep -iE 'ext4|jbd2|i/o error|buffer|reset|abort' | tail -n 40")
     blocks = {int(b) for b in re.findall(r"\b(?:pblk|block) (\d+)", kernel)}
     for ino in sorted({int(i) for i in re.findall(r"inode #(\d+)", kernel)})[:4]:
         where = probe(f"debugfs -c -R 'imap <{ino}>' {dev} 2>&1 | tail -n 1")
