@@ -283,24 +283,38 @@ def test_bad_cdbs(dvm):
     fuzz = f"{PYTHON} /root/durability_sgio.py fuzz {dev} --protect 0:8192 --batch 500"
     # Warm-up, so that RSS growth measures leaks, not first-use allocations.
     # Measured with the appliance's allocator settings (DAEMON_ENV): RssAnon rises
-    # ~6 % over the first 4,000 CDBs (first use), then stays within 1 %.
+    # ~6 % over the first 4,000 CDBs (first use), then plateaus; on the plateau
+    # glibc still takes a step now and then (seen: +1.2 MiB, and once +3 MiB on
+    # ~43 MiB, +7 %, after which it stayed flat for 12,000 more CDBs).
     dvm.ssh(f"{fuzz} --count {max(5000, FUZZ_CDBS // 10)} --seed {SEED + 1}", timeout=3600)
-    rss0, vm0 = rss_kib(dvm, pid), rss_kib(dvm, pid, "VmRSS")
+    rss, vm0 = [rss_kib(dvm, pid)], rss_kib(dvm, pid, "VmRSS")
     t0 = time.monotonic()
-    r = dvm.ssh(f"{fuzz} --count {FUZZ_CDBS} --seed {SEED}", timeout=14400)
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    # The measured CDBs in chunks, RssAnon after each: a leak is memory that keeps
+    # growing, an allocator step is not.
+    chunks, out = 5, {"stats": {}, "sense": {}, "problems": []}
+    for i in range(chunks):
+        n = FUZZ_CDBS // chunks + (FUZZ_CDBS % chunks if i == chunks - 1 else 0)
+        r = dvm.ssh(f"{fuzz} --count {n} --seed {SEED + 2 + i}", timeout=14400)
+        part = json.loads(r.stdout.strip().splitlines()[-1])
+        for key, value in (("stats", part["stats"]), ("sense", part["sense"])):
+            for k, v in value.items():
+                out[key][k] = out[key].get(k, 0) + v
+        out["problems"] += part["problems"]
+        rss.append(rss_kib(dvm, pid))
     after = unit_state(dvm)
-    rss1, vm1 = rss_kib(dvm, pid), rss_kib(dvm, pid, "VmRSS")
+    vm1 = rss_kib(dvm, pid, "VmRSS")
     st = out["stats"]
-    growth = (rss1 - rss0) / rss0
+    growth = (rss[-1] - rss[0]) / rss[0]
+    # Still rising at the end: above everything the first 3/5 of the run reached.
+    rising = rss[-1] > max(rss[:-2]) + 0.01 * rss[0]
     print(
-        f"\nbad CDBs: {json.dumps(out)}\nRssAnon {rss0} -> {rss1} KiB ({growth:+.1%}), "
-        f"VmRSS {vm0} -> {vm1} KiB"
+        f"\nbad CDBs: {json.dumps(out)}\nRssAnon {' -> '.join(map(str, rss))} KiB"
+        f" ({growth:+.1%}), VmRSS {vm0} -> {vm1} KiB"
     )
     RESULTS["bad cdbs"] = {
         **st,
         "sense keys/asc": out["sense"],
-        "RssAnon kib": [rss0, rss1],
+        "RssAnon kib": rss,
         "VmRSS kib (incl. ring pages)": [vm0, vm1],
         "rss growth": f"{growth:+.2%}",
         "wall s": round(time.monotonic() - t0),
@@ -310,7 +324,7 @@ def test_bad_cdbs(dvm):
     assert st["transport_errors"] == 0 and st["bad_sense"] == 0 and st["other_status"] == 0, out
     assert st["changed_by_refused"] == 0, out["problems"]
     assert st["check"] > FUZZ_CDBS // 4  # the fuzzer did reach the refusal paths
-    assert growth < 0.05, (rss0, rss1)
+    assert growth < 0.05 or not rising, rss  # a leak: more than 5 % and still growing
     crashes = [e for e in log_events(dvm) if e["event"] in ("device.loop_error",
                                                              "device.worker_failed")]  # fmt: skip
     assert crashes == [], crashes[:3]
