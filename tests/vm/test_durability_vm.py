@@ -284,8 +284,8 @@ def test_bad_cdbs(dvm):
     # Warm-up, so that RSS growth measures leaks, not first-use allocations.
     # Measured with the appliance's allocator settings (DAEMON_ENV): RssAnon rises
     # ~6 % over the first 4,000 CDBs (first use), then plateaus; on the plateau
-    # glibc still takes a step now and then (seen: +1.2 MiB, and once +3 MiB on
-    # ~43 MiB, +7 %, after which it stayed flat for 12,000 more CDBs).
+    # glibc still takes a step now and then (seen: +1.2 MiB, then flat over
+    # 9,000 more CDBs; and once +3 MiB on ~43 MiB, +7 %: DURABILITY.md).
     dvm.ssh(f"{fuzz} --count {max(5000, FUZZ_CDBS // 10)} --seed {SEED + 1}", timeout=3600)
     rss, vm0 = [rss_kib(dvm, pid)], rss_kib(dvm, pid, "VmRSS")
     t0 = time.monotonic()
