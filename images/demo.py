@@ -46,6 +46,7 @@ SSH_PORT = int(os.environ.get("CDP_DEMO_SSH_PORT", "2222"))
 INITIATOR_IQN = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test"
 INITIATOR_IQN_2 = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2"
 VOLUME = "demo"
+SECONDARY = f"/srv/cdp/journal/{VOLUME}"  # the volume's journal folder (its data disk)
 LUN_SIZE = "1G"  # the whole primary disk
 CMD_TIME_OUT = 180  # seconds; TCMU's default of 30 is shorter than a daemon restart under TCG
 TARGETCLI = "/usr/bin/targetcli"  # Debian's shell; root's `targetcli` is targetcli-cdp
@@ -107,7 +108,7 @@ def _identity(vm: ai.ApplianceVM) -> dict[str, str]:
 def targetcli_script(ident: dict[str, str]) -> str:
     """targetcli commands for the demo LUN: user:cdp on /dev/vdb, CHAP, ACLs."""
     iqn, user, pw = ident["IQN"], ident["CHAP_USER"], ident["CHAP_PASSWORD"]
-    cfg = f"{VOLUME};primary=/dev/vdb;secondary=/srv/cdp/journal/{VOLUME}"
+    cfg = f"{VOLUME};primary=/dev/vdb;secondary={SECONDARY}"
     tpg = f"/iscsi/{iqn}/tpg1"
     lines = [
         f"/backstores/user:cdp create name={VOLUME} size={LUN_SIZE} cfgstring={cfg}"

@@ -120,7 +120,7 @@ def verify_files(vm, mnt: str, dev: str) -> None:
     if blocks:
         spans = " ".join(f"{b * 4096}:{(b + 1) * 4096}" for b in sorted(blocks)[:6])
         probe(
-            f"python3 - /srv/cdp/journal/{demo.VOLUME}/journal"
+            f"python3 - {demo.SECONDARY}/journal"
             f" /var/lib/cdp/volumes/{demo.VOLUME}/catalog.sqlite {spans}"
             " < /root/journal_probe.py 2>&1 | tail -n 80"
         )
