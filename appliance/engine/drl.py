@@ -239,13 +239,21 @@ class DirtyRegionLog:
 
     def unpin(self, offset: int, length: int) -> None:
         """The journal holds a record for these regions durably now."""
+        self.unpin_many(((offset, length),))
+
+    def unpin_many(self, ranges) -> None:
+        """:meth:`unpin` for every ``(offset, length)`` of ``ranges``, under one
+        lock hold (the journal's syncer, once per group commit)."""
+        rs = self.region_size
         with self._lock:
-            for r in self.regions(offset, length):
-                n = self._pins.get(r, 0) - 1
-                if n > 0:
-                    self._pins[r] = n
-                else:
-                    self._pins.pop(r, None)
+            pins = self._pins
+            for offset, length in ranges:
+                for r in range(offset // rs, (offset + length - 1) // rs + 1):
+                    n = pins.get(r, 0) - 1
+                    if n > 0:
+                        pins[r] = n
+                    else:
+                        pins.pop(r, None)
 
     # ------------------------------------------------------------ policy
 

@@ -14,6 +14,11 @@ from collections.abc import Callable, Iterator
 _callbacks: dict[str, Callable[..., None]] = {}
 
 
+def armed() -> bool:
+    """Any callback injected: hot loops call :func:`point` only then."""
+    return bool(_callbacks)
+
+
 def point(name: str, **context) -> None:
     cb = _callbacks.get(name)
     if cb is not None:

@@ -9,7 +9,7 @@ Semantics (the byte layouts are in docs/FORMAT.md):
   once, under one lock, so journal order *is* sequence order.  The record then
   waits in memory for the committer.
 * The **writer** thread takes everything pending and writes it with one
-  ``pwritev`` per segment touched.  A caller that appends a burst (the
+  write per segment touched.  A caller that appends a burst (the
   handler's ring thread, one burst per ring poll) may instead write the burst
   itself when it ends (:meth:`Journal.batch`): no thread hand-off per burst,
   which under emulation costs more than the write.  One writer at a time
@@ -25,6 +25,12 @@ Semantics (the byte layouts are in docs/FORMAT.md):
   pages: PostgreSQL's lesson); every waiter and every later append gets
   :class:`JournalFailed`.  Reopening the volume replays up to the last durable
   group.
+* **Blocks**: where the file system takes O_DIRECT, records are written with
+  it, in whole blocks of the device (segfile.py): every write ends with a PAD
+  record on a block boundary, so no write rewrites a block that holds records
+  (docs/FORMAT.md, "Alignment"), and zeros are written ahead of the records so
+  that their writes change no file-system metadata.  Otherwise through the
+  page cache, back to back.
 * **Segments** roll over when the next record would not fit.  The previous
   segment is fdatasynced before the first write to the new one, and the new
   file's name is made durable (fsync of the folder) before any of its records
@@ -39,23 +45,28 @@ Semantics (the byte layouts are in docs/FORMAT.md):
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import structlog
 
-from . import faults
+from . import faults, segfile
 from . import record as R
-from .errors import InvalidArgument, JournalCorrupt, JournalFailed
+from .errors import InvalidArgument, JournalFailed
 from .fileio import FileIO
+from .journalscan import (  # noqa: F401  (re-exported: the journal's names)
+    SEGMENT_NAME,
+    JournalReader,
+    Rec,
+    ScanResult,
+    list_segments,
+    segment_path,
+)
 
 log = structlog.get_logger("cdp.journal")
 
-SEGMENT_NAME = re.compile(r"^([0-9a-f]{16})\.seg$")
 # After an unclean stop the next sequence number skips this many numbers, so
 # that numbers handed out for writes lost before they were durable are never
 # reused.  The bounds below keep fewer than that in flight.
@@ -64,41 +75,6 @@ MAX_PENDING_RECORDS = 1 << 19
 MAX_UNSYNCED_RECORDS = 1 << 16
 DEFAULT_MAX_PENDING_BYTES = 64 << 20
 SYNC_INTERVAL = 5.0
-
-
-@dataclass(slots=True)
-class Rec:
-    """A journal record as the map engine and the readers see it."""
-
-    seq: int
-    time_ns: int
-    kind: int
-    flags: int
-    offset: int
-    length: int
-    addr: int  # journal address of the record header
-    payload_len: int
-    name: str | None = None  # bookmark name
-    refs: tuple | None = None  # REF records: (p_start, p_end, addr) triples
-
-    @property
-    def payload_addr(self) -> int:
-        return self.addr + R.RECORD_HEADER_SIZE
-
-    @property
-    def end_addr(self) -> int:
-        return self.addr + R.RECORD_HEADER_SIZE + self.payload_len
-
-
-@dataclass
-class ScanResult:
-    records: list[Rec]
-    last_seq: int
-    last_time_ns: int
-    end_addr: int  # just past the last valid record (0 if none)
-    last_segno: int
-    end_reason: str
-    torn_segment: int | None = None
 
 
 class _Batch:
@@ -118,38 +94,7 @@ class _Batch:
         self._journal.write_out()
 
 
-def segment_path(folder: str, segno: int) -> str:
-    return os.path.join(folder, f"{segno:016x}.seg")
-
-
-def list_segments(folder: str) -> list[int]:
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return []
-    return sorted(int(m.group(1), 16) for n in names if (m := SEGMENT_NAME.match(n)))
-
-
-class _SegmentReader:
-    """Sequential reader over one segment file, in large chunks."""
-
-    CHUNK = 8 << 20
-
-    def __init__(self, io: FileIO, fd: int, start: int):
-        self.io, self.fd = io, fd
-        self.buf = b""
-        self.buf_off = start
-
-    def get(self, off: int, n: int) -> bytes:
-        rel = off - self.buf_off
-        if rel < 0 or rel + n > len(self.buf):
-            self.buf = self.io.pread_exact(self.fd, max(n, self.CHUNK), off)
-            self.buf_off = off
-            rel = 0
-        return self.buf[rel : rel + n]
-
-
-class Journal:
+class Journal(JournalReader):
     """See the module docstring.  Thread-safe; one instance per volume."""
 
     def __init__(
@@ -160,6 +105,7 @@ class Journal:
         segment_size: int,
         *,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+        direct: bool = True,
     ):
         self.io = io
         self.folder = folder
@@ -200,102 +146,14 @@ class Journal:
         self._rlock = threading.Lock()
         self._retired_fds: list[int] = []
         self.on_durable: Callable[[list[Rec]], None] | None = None
-
-    # ------------------------------------------------------------------ recovery
-
-    def scan(
-        self,
-        start_addr: int = 0,
-        prev_seq: int = 0,
-        prev_time_ns: int = 0,
-        stop_addr: int | None = None,
-    ) -> ScanResult:
-        """Read valid records from ``start_addr`` (0: the beginning) to the end.
-
-        ``prev_seq``/``prev_time_ns`` describe the record just before
-        ``start_addr``.  With ``stop_addr`` only records before it are read,
-        and no continuity check is made past it.
-        """
-        segnos = list_segments(self.folder)
-        first_seg = start_addr >> 32 if start_addr else 0
-        segnos = [s for s in segnos if s >= first_seg]
-        if stop_addr is not None:
-            segnos = [s for s in segnos if s <= stop_addr >> 32]
-        records: list[Rec] = []
-        last_seq, last_time = prev_seq, prev_time_ns
-        end_addr = start_addr
-        last_segno = first_seg
-        reason = "end of journal"
-        torn_segment = None
-        for i, segno in enumerate(segnos):
-            path = segment_path(self.folder, segno)
-            fd = self.io.open(path, os.O_RDONLY)
-            try:
-                raw = self.io.pread_exact(fd, R.SEGMENT_HEADER_SIZE, 0)
-                hdr = R.parse_segment_header(raw)
-                if isinstance(hdr, str):
-                    if stop_addr is None and i == len(segnos) - 1 and segno != first_seg:
-                        # Created, but its header never made durable: no record in it
-                        # was ever acknowledged.  The caller removes it.
-                        reason = f"segment {segno}: {hdr}"
-                        torn_segment = segno
-                        break
-                    raise JournalCorrupt(f"segment {segno}: {hdr}")
-                if hdr.volume_uuid != self.uuid:
-                    raise JournalCorrupt(
-                        f"segment {segno} belongs to volume {hdr.volume_uuid}, not {self.uuid}"
-                    )
-                if hdr.segno != segno:
-                    raise JournalCorrupt(f"segment file {segno} says it is segment {hdr.segno}")
-                if segno != first_seg and last_seq < hdr.prev_last_seq:
-                    raise JournalCorrupt(
-                        f"segment {segno} follows seq {hdr.prev_last_seq} but the journal "
-                        f"before it ends at seq {last_seq}: durable records are missing"
-                    )
-                pos = start_addr & 0xFFFFFFFF if segno == first_seg and start_addr else 0
-                pos = max(pos, R.SEGMENT_HEADER_SIZE)
-                limit = self.io.size(fd)
-                if stop_addr is not None and segno == stop_addr >> 32:
-                    limit = min(limit, stop_addr & 0xFFFFFFFF)
-                reader = _SegmentReader(self.io, fd, pos)
-                last_segno = segno
-                if segno != first_seg or not start_addr:
-                    end_addr = R.jaddr(segno, pos)
-                seg_reason = "end of segment"
-                while pos < limit:
-                    why = None
-                    if pos + R.RECORD_HEADER_SIZE > limit:
-                        seg_reason = f"at {segno}:{pos}: record header truncated"
-                        break
-                    raw = reader.get(pos, R.RECORD_HEADER_SIZE)
-                    h = R.parse_record_header(raw, segno=segno, vtag=self.vtag)
-                    if isinstance(h, str):
-                        why = h
-                    elif h.seq <= last_seq:
-                        why = f"sequence {h.seq} not after {last_seq}"
-                    elif h.time_ns < last_time:
-                        why = f"timestamp of seq {h.seq} goes backwards"
-                    elif pos + R.RECORD_HEADER_SIZE + h.payload_len > limit:
-                        why = f"payload of seq {h.seq} truncated"
-                    if why is None:
-                        payload = reader.get(pos + R.RECORD_HEADER_SIZE, h.payload_len)
-                        if not R.record_crc_ok(raw, payload):
-                            why = f"crc mismatch in record seq {h.seq}"
-                    if why is not None:
-                        seg_reason = f"at {segno}:{pos}: {why}"
-                        break
-                    bookmark = h.kind in (R.BOOKMARK, R.UNBOOKMARK)
-                    name = payload.decode("utf-8", "replace") if bookmark else None
-                    refs = R.unpack_refs(payload) if h.kind == R.REF else None
-                    fields = (h.seq, h.time_ns, h.kind, h.flags, h.offset, h.length)
-                    records.append(Rec(*fields, R.jaddr(segno, pos), h.payload_len, name, refs))
-                    last_seq, last_time = h.seq, h.time_ns
-                    pos += R.RECORD_HEADER_SIZE + h.payload_len
-                    end_addr = R.jaddr(segno, pos)
-                reason = f"segment {segno}: {seg_reason}"
-            finally:
-                self.io.close(fd)
-        return ScanResult(records, last_seq, last_time, end_addr, last_segno, reason, torn_segment)
+        # O_DIRECT appends in whole blocks (segfile.py): the writer's aligned
+        # buffer, the block size (0: through the page cache, no PAD records),
+        # and how far the segment being written holds zeros or records.
+        self._direct = direct
+        self._dw: segfile.DirectWriter | None = None
+        self._wdirect = False
+        self._align = 0
+        self._zeroed = 0
 
     # ------------------------------------------------------------------ writing
 
@@ -322,7 +180,17 @@ class Journal:
         self._next_seq = last_seq + 1 + (0 if clean or last_seq == 0 else SEQ_GAP)
         self._last_time = last_time_ns
         self._written_seq = self._durable_seq = self._sync_wanted = last_seq
+        if self._direct:
+            self._dw = segfile.DirectWriter(self.io)
         self._open_segment(self._segno)
+        if self._dw is not None:
+            if self._wdirect:
+                self._align = segfile.probe_align(
+                    self.io, self._dw, self._wfd, R.SEGMENT_HEADER_SIZE
+                )
+            if not self._align:  # the file system refuses O_DIRECT: the page cache
+                self._dw.close()
+                self._dw = None
         self._threads = [
             threading.Thread(target=self._writer, name="cdp-journal-writer", daemon=True),
             threading.Thread(target=self._syncer, name="cdp-journal-syncer", daemon=True),
@@ -484,8 +352,8 @@ class Journal:
                 ):
                     self._cond.notify_all()
                     return
-                batch = self._take_pending()
-            self._write_out(batch)
+                batch, pad = self._take_pending()
+            self._write_out(batch, pad)
         finally:
             self._io_lock.release()
 
@@ -547,6 +415,9 @@ class Journal:
             for fd in self._old_fds + ([self._wfd] if self._wfd is not None else []):
                 self.io.close(fd)
             self._old_fds, self._wfd = [], None
+            if self._dw is not None:
+                self._dw.close()
+                self._dw = None
         with self._rlock:
             for fd in list(self._rfds.values()) + self._retired_fds:
                 self.io.close(fd)
@@ -559,25 +430,31 @@ class Journal:
 
     def _open_segment(self, segno: int) -> None:
         path = segment_path(self.folder, segno)
-        pool = os.path.join(self.folder, "free")
-        reuse = sorted(os.listdir(pool)) if os.path.isdir(pool) else []
+        pooled = segfile.pooled(self.folder)
         header = R.pack_segment_header(
             self.uuid, segno, self._segment_prev.pop(segno), time.time_ns()
         )
-        if reuse:
+        flags = os.O_RDWR if pooled else os.O_RDWR | os.O_CREAT | os.O_EXCL
+        fd = None
+        if self._dw is not None:
+            fd = segfile.open_direct(self.io, pooled or path, flags)
+        self._wdirect = fd is not None
+        if fd is None:
+            fd = self.io.open(pooled or path, flags, 0o600)
+        # The header is one 4096-byte block: an aligned write either way.
+        if self._dw is not None:
+            self._dw.write_block(fd, header, 0)
+        else:
+            self.io.pwrite_all(fd, header, 0)
+        if pooled:
             # [0042]: a reclaimed segment's blocks are reused.  The new header is
             # written and made durable *before* the file takes its new name, so a
             # crash never leaves a segment whose header names another (regression:
             # pooled_segment_reused_then_power_loss).  Its old records carry their
             # old segment number, so a scan never takes them.
-            pooled = os.path.join(pool, reuse[0])
-            fd = self.io.open(pooled, os.O_RDWR, 0o600)
-            self.io.pwrite_all(fd, header, 0)
             self.io.fdatasync(fd)
             os.replace(pooled, path)
         else:
-            fd = self.io.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            self.io.pwrite_all(fd, header, 0)
             # The header is durable before the segment is used, even if no record
             # ever follows (regression: segment_header_never_synced).
             self.io.fdatasync(fd)
@@ -586,6 +463,28 @@ class Journal:
             if self._wfd is not None:
                 self._old_fds.append(self._wfd)  # the syncer may still use it
             self._wfd, self._wsegno = fd, segno
+        # A pooled file holds written blocks already (old records: never read).
+        size = self.io.size(fd) if pooled else R.SEGMENT_HEADER_SIZE
+        self._zeroed = size - size % R.SEGMENT_HEADER_SIZE
+
+    def _zero_ahead(self, end: int) -> None:
+        """Before records are written up to ``end``: the segment's blocks from
+        its end to ``ZERO_AHEAD`` past it, written with zeros (O_DIRECT) or
+        allocated (through the page cache: no delayed allocation per write).
+        Only a matter of speed (segfile.py): a failure (ENOSPC) is logged
+        and the records go on without."""
+        align = self._align or R.SEGMENT_HEADER_SIZE
+        end = -(-end // align) * align
+        upto = min(self.segment_size, max(end, self._zeroed + segfile.ZERO_AHEAD))
+        try:
+            if self._dw is not None:
+                self._dw.write_zeros(self._wfd, self._zeroed, upto - self._zeroed)
+            else:
+                os.posix_fallocate(self._wfd, self._zeroed, upto - self._zeroed)
+        except OSError as exc:
+            log.warning("journal.zero_ahead_failed", segment=self._wsegno, error=str(exc))
+            upto = self.segment_size  # not again in this segment
+        self._zeroed = upto
 
     def _fail(self, exc: Exception) -> None:
         """Fail-stop: see the module docstring."""
@@ -638,23 +537,34 @@ class Journal:
                         return
                     if not self._pending:  # a batch owner wrote them meanwhile
                         continue
-                    batch = self._take_pending()
-                if not self._write_out(batch):
+                    batch, pad = self._take_pending()
+                if not self._write_out(batch, pad):
                     return
 
-    def _take_pending(self) -> list:
-        """Everything pending, in append order (``_io_lock`` and ``_cond`` held)."""
+    def _take_pending(self) -> tuple[list, bytes | None]:
+        """Everything pending, in append order, and the PAD record that ends
+        it on a block boundary (O_DIRECT: the next write starts on one and
+        never rewrites these records' blocks; None when none is needed or
+        fits, the segment then ends here).  ``_io_lock`` and ``_cond`` held."""
         batch, self._pending = self._pending, []
         self._pending_bytes = 0
         if self._held_back:
             self._cond.notify_all()
-        return batch
+        pad = None
+        if self._align and batch and self._pos % self._align:
+            gap = -self._pos % self._align
+            if gap < R.RECORD_HEADER_SIZE:
+                gap += self._align
+            if self._pos + gap <= self.segment_size:
+                pad = R.pack_pad(gap, self._last_seq, self._last_time, self._segno, self.vtag)
+                self._pos += gap
+        return batch, pad
 
-    def _write_out(self, batch: list) -> bool:
+    def _write_out(self, batch: list, pad: bytes | None) -> bool:
         """Write ``batch`` and hand it to the syncer (``_io_lock`` held).
         False if the journal failed."""
         try:
-            self._write_batch(batch)
+            self._write_batch(batch, pad)
         except Exception as exc:
             with self._cond:
                 self._lost.extend(rec for rec, _, _ in batch)
@@ -731,7 +641,7 @@ class Journal:
             for ofd in old:
                 self.io.close(ofd)
 
-    def _write_batch(self, batch: list[tuple[Rec, bytes, object]]) -> None:
+    def _write_batch(self, batch: list[tuple[Rec, bytes, object]], pad: bytes | None) -> None:
         i = 0
         while i < len(batch):
             segno = batch[i][0].addr >> 32
@@ -748,52 +658,12 @@ class Journal:
                 if rec.payload_len:
                     bufs.append(payload)
                 i += 1
-            self.io.pwritev_all(self._wfd, bufs, start)
-
-    # ------------------------------------------------------------------ reading
-
-    def read_payload(self, addr: int, length: int) -> bytes:
-        """Bytes of the journal at a payload address (durable records only)."""
-        segno, off = R.jsplit(addr)
-        with self._rlock:
-            fd = self._rfds.get(segno)
-            if fd is None:
-                if len(self._rfds) > 256:
-                    # Another thread may be reading through an evicted fd right
-                    # now: retire it (closed at close()), never close it here.
-                    for old in list(self._rfds)[:128]:
-                        self._retired_fds.append(self._rfds.pop(old))
-                fd = self.io.open(segment_path(self.folder, segno), os.O_RDONLY)
-                self._rfds[segno] = fd
-        data = self.io.pread_exact(fd, length, off)
-        if len(data) != length:
-            raise JournalCorrupt(f"short read of {length} bytes at {segno}:{off}")
-        return data
-
-    def forget_segment(self, segno: int) -> None:
-        """Retention reclaimed a segment: close its read fd so the space comes back."""
-        with self._rlock:
-            fd = self._rfds.pop(segno, None)
-        if fd is not None:
-            self.io.close(fd)
-
-    def read_into(self, addr: int, view: memoryview) -> None:
-        """Fill ``view`` from the journal at a payload address (no extra copy)."""
-        segno, off = R.jsplit(addr)
-        with self._rlock:
-            fd = self._rfds.get(segno)
-        if fd is None:
-            self.read_payload(addr, 0)  # opens and caches the segment
-            with self._rlock:
-                fd = self._rfds[segno]
-        got = 0
-        while got < len(view):
-            n = os.preadv(fd, [view[got:]], off + got)
-            if n <= 0:
-                raise JournalCorrupt(f"short read of {len(view)} bytes at {segno}:{off}")
-            got += n
-
-    def iter_records(self, first_addr: int, end_addr: int) -> Iterator[Rec]:
-        """Records with headers in [first_addr, end_addr) (already validated once)."""
-        res = self.scan(first_addr, 0, 0, stop_addr=end_addr)
-        yield from res.records
+            if i == len(batch) and pad is not None:
+                bufs.append(pad)
+            end = start + sum(map(len, bufs))
+            if end > self._zeroed:
+                self._zero_ahead(end)
+            if self._dw is not None:
+                self._dw.write(self._wfd, bufs, start)
+            else:
+                self.io.pwritev_all(self._wfd, bufs, start)

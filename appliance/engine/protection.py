@@ -101,9 +101,9 @@ class Protection:
     def _on_durable(self, recs) -> None:
         """From the journal's syncer: records durable in the journal now."""
         self._maps.add(recs)
-        for r in recs:
-            if r.kind in R.DATA_KINDS and _pins_drl(r.flags):
-                self._drl.unpin(r.offset, r.length)
+        self._drl.unpin_many(
+            [(r.offset, r.length) for r in recs if r.kind in R.DATA_KINDS and _pins_drl(r.flags)]
+        )
 
     # ------------------------------------------------------------ open
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from crc32c import crc32c
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written; 2 added PAD records (docs/FORMAT.md)
+READ_VERSIONS = (1, 2)
 
 SEGMENT_MAGIC = b"CDPJSEG\0"
 SEGMENT_HEADER_SIZE = 4096
@@ -35,6 +36,7 @@ ZERO = 2
 BOOKMARK = 3
 REF = 4  # an extent that re-uses data already in the journal (restore)
 UNBOOKMARK = 5  # a bookmark deleted by the admin
+PAD = 6  # zeros up to a block boundary (O_DIRECT writes never rewrite a block)
 BASELINE_DONE = 16
 IN_SYNC = 17
 OUT_OF_SYNC = 18
@@ -46,6 +48,7 @@ KIND_NAMES = {
     BOOKMARK: "bookmark",
     REF: "ref",
     UNBOOKMARK: "unbookmark",
+    PAD: "pad",
     BASELINE_DONE: "baseline-done",
     IN_SYNC: "in-sync",
     OUT_OF_SYNC: "out-of-sync",
@@ -103,11 +106,26 @@ def parse_segment_header(raw: bytes) -> SegmentHeader | str:
     (crc,) = CRC.unpack_from(raw, 60)
     if crc != crc32c(raw[:60]):
         return "segment header crc mismatch"
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         return f"segment format version {version} not supported"
     if hsize != SEGMENT_HEADER_SIZE:
         return f"segment header size {hsize} not supported"
     return SegmentHeader(uuidlib.UUID(bytes=vol), segno, prev, created)
+
+
+_PAD_CRC: dict[int, int] = {}
+
+
+def pack_pad(size: int, seq: int, time_ns: int, segno: int, vtag: bytes) -> bytes:
+    """A PAD record of ``size`` bytes in all (header included, >= 64): it
+    carries the seq and time of the record before it, which it does not
+    change for a reader."""
+    plen = size - RECORD_HEADER_SIZE
+    pcrc = _PAD_CRC.get(plen)
+    if pcrc is None:
+        pcrc = _PAD_CRC[plen] = payload_crc(bytes(plen))
+    head = pack_record_header(PAD, 0, seq, time_ns, 0, 0, plen, segno, vtag, pcrc)
+    return head + bytes(plen)
 
 
 def payload_crc(payload) -> int:
@@ -166,7 +184,7 @@ def parse_record_header(raw: bytes, *, segno: int, vtag: bytes) -> RecordHeader 
         if magic == b"\0\0\0\0":
             return "zeroed record header"
         return f"bad record magic {magic!r}"
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         return f"record format version {version} not supported"
     if kind not in KIND_NAMES:
         return f"unknown record kind {kind}"
@@ -178,6 +196,8 @@ def parse_record_header(raw: bytes, *, segno: int, vtag: bytes) -> RecordHeader 
         return f"payload length {plen} above the limit"
     if kind == WRITE and plen != length:
         return f"write record payload length {plen} != length {length}"
+    if version < 2 and kind == PAD:
+        return "pad record in a version 1 journal"
     if kind in (ZERO, BASELINE_DONE, IN_SYNC, OUT_OF_SYNC, FIXUP, RESTORE) and plen:
         return f"{KIND_NAMES[kind]} record with a payload"
     if kind == REF and (plen == 0 or plen % REF_ENTRY.size):

@@ -92,7 +92,8 @@ class BatchWrites:
             return [], self._release_pins(pieces, 0, npinned, False, exc)
         if pinned:
             npinned = len(pieces)
-        for k, (off, _, i) in enumerate(pieces):
+        armed = faults.armed()
+        for k, (off, _, i) in enumerate(pieces if armed else ()):
             if k == 0 or pieces[k - 1][2] != i:  # an item's first piece
                 try:
                     faults.point("write.after_drl", offset=off)
@@ -116,7 +117,9 @@ class BatchWrites:
                         drl.mark_many(ranges[:stop])
                     except Exception as exc:  # as write() when this mark fails
                         stop, error = 0, exc
-                for off, piece, _ in pieces[:stop]:
+                if self._restore is None and not armed:
+                    written = self._pwrite_runs(pieces, stop)
+                for off, piece, _ in pieces[written:stop]:
                     n = len(piece)
                     try:
                         if self._restore is not None:
@@ -147,6 +150,25 @@ class BatchWrites:
                 if i < done:
                     seqs[i] = rec.seq  # an item's last piece: what write() returns
         return seqs, error
+
+    def _pwrite_runs(self, pieces, stop: int) -> int:
+        """The primary writes of ``pieces[:stop]`` with one ``pwritev`` per run of
+        adjacent pieces (a sequential stream: one call per ring poll).  Returns
+        how many pieces are written; at the first run that fails the caller
+        writes piece by piece from there, which says which one failed."""
+        done = 0
+        while done < stop:
+            start = off = pieces[done][0]
+            end = done
+            while end < stop and pieces[end][0] == off:
+                off += len(pieces[end][1])
+                end += 1
+            try:
+                self._io.pwritev_all(self._pfd, [p for _, p, _ in pieces[done:end]], start)
+            except OSError:
+                return done
+            done = end
+        return done
 
     def _release_pins(self, pieces, failed: int, npinned: int, lost: bool, error):
         """Unpin what no journal record will ever unpin, of ``pieces[:npinned]``

@@ -50,6 +50,21 @@ def reason(b: Base, pos: int | None, why: str) -> str:
     )
 
 
+def tail_reason(b: Base) -> str:
+    """Why a scan of the untouched segment ends after its last record: past the
+    PAD that follows it, at the zeros the journal wrote ahead (docs/FORMAT.md,
+    "Alignment"), or at the end of the file."""
+    with open(b.seg_path, "rb") as f:
+        data = f.read()
+    pos = b.end
+    h = R.parse_record_header(data[pos : pos + 64], segno=b.segno, vtag=R.volume_tag(b.uuid))
+    if not isinstance(h, str) and h.kind == R.PAD:
+        pos += R.RECORD_HEADER_SIZE + h.payload_len
+    if pos >= len(data):
+        return reason(b, None, "")
+    return reason(b, pos, "zeroed record header")
+
+
 def check_recovery(b: Base, want_last: int, want_reason: str, forged_seq: int | None = None):
     """The checks every case shares; see the module docstring."""
     scan = journal_of(b.d).scan()
@@ -98,12 +113,14 @@ def case_zero_length_write_header(b: Base):
 def case_header_truncated(b: Base):
     head, payload = b.header()
     at = b.append(head[:40])
+    b.truncate(at + 40)  # the file ends there (not in the zeros written ahead)
     return b.last.seq, reason(b, at, "record header truncated"), b.last.seq + 1
 
 
 def case_payload_truncated(b: Base):
     head, payload = b.header(length=4096)
     at = b.append(head + payload[:1000])
+    b.truncate(at + len(head) + 1000)
     return b.last.seq, reason(b, at, f"payload of seq {b.last.seq + 1} truncated"), b.last.seq + 1
 
 
@@ -205,8 +222,8 @@ def case_unknown_kind(b: Base):
 def case_version_changed(b: Base):
     head, payload = b.header()
     at = b.append(head + payload)
-    b.flip(at + 4, 0x03)  # version 1 -> 2
-    return b.last.seq, reason(b, at, "record format version 2 not supported"), None
+    b.flip(at + 4, R.FORMAT_VERSION ^ 7)  # the current version -> 7
+    return b.last.seq, reason(b, at, "record format version 7 not supported"), None
 
 
 def case_payload_above_limit(b: Base):
@@ -338,7 +355,7 @@ def test_later_segment_prev_last_seq_below_what_was_found_is_accepted(base):
         struct.pack_into("<I", raw, 60, R.crc32c(bytes(raw[:60])))
         f.seek(0)
         f.write(raw)
-    check_recovery(b, b.last.seq, reason(b, None, ""))
+    check_recovery(b, b.last.seq, tail_reason(b))
 
 
 def test_middle_segment_with_a_bad_header_is_refused(base):

@@ -50,8 +50,8 @@ class FlakyIO:
         self.paths: dict[int, str] = {}
         self.failures = 0
 
-    def _seg(self, fd) -> bool:
-        return self.paths.get(fd, "").endswith(".seg")
+    def _seg(self, fd) -> bool:  # a pooled segment is opened by its pool name
+        return self.paths.get(fd, "").endswith((".seg", ".free"))
 
     def _check(self, fd=None, path=None):
         import errno as E

@@ -11,6 +11,8 @@ import time
 import pytest
 
 from appliance.engine import ProtectedVolume, faults, record
+from appliance.engine.fileio import OsFileIO
+from appliance.engine.journal import Journal, segment_path
 
 from . import crash_writer as W
 from .helpers import make_volume, pattern, reopen
@@ -116,10 +118,14 @@ def test_sigkill_loses_no_acknowledged_write(tmp_path, seed):
     vol.close()
 
 
-def last_segment(tmp_path) -> str:
+def last_record(tmp_path, uuid, segment_size) -> tuple[str, int, int]:
+    """The journal's last record: its segment file, where it starts and ends
+    (segments are written ahead with zeros: the file does not end there)."""
     jdir = tmp_path / "secondary" / "journal"
-    segs = sorted(p for p in jdir.iterdir() if p.suffix == ".seg" and p.stat().st_size > 4096)
-    return str(segs[-1])
+    rec = Journal(OsFileIO(), str(jdir), uuid, segment_size).scan().records[-1]
+    segno, start = record.jsplit(rec.addr)
+    end = start + record.RECORD_HEADER_SIZE + rec.payload_len
+    return segment_path(str(jdir), segno), start, end
 
 
 @pytest.mark.parametrize(
@@ -132,9 +138,7 @@ def test_torn_tail_is_cut_off_and_never_served(tmp_path, damage):
     vol.flush()
     bad = vol.write(0, b"B" * 4096)  # the record we damage: the journal's last
     vol.close()
-    seg = last_segment(tmp_path)
-    size = os.path.getsize(seg)
-    rec_start = size - record.RECORD_HEADER_SIZE - 4096
+    seg, rec_start, size = last_record(tmp_path, vol.uuid, vol.segment_size)
     with open(seg, "r+b") as f:
         if damage == "truncate-payload":
             f.truncate(size - 100)

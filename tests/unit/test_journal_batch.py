@@ -111,11 +111,11 @@ def test_a_rollover_is_left_to_the_writer_thread(tmp_path):
                 for i in range(64):
                     n = burst * 64 + i
                     seqs.append(vol.write((n % 1024) * 4096, pattern(n, 4096)))
+        vol.flush()  # (from the syncer thread: the rollover is done once it returns)
         # The rollover (fdatasync of the full segment, then the new one's
         # header) ran on the writer thread: the ring thread never waits for it.
         assert "MainThread" not in io.syncs and "cdp-journal-writer" in io.syncs
         assert "cdp-journal-writer" in io.writes and "MainThread" in io.writes
-        vol.flush()
         assert scan_seqs(tmp_path, vol)[-len(seqs) :] == seqs
     finally:
         vol.close()

@@ -162,6 +162,12 @@ class FailPrimaryAt(OsFileIO):
             raise OSError(errno.EIO, "injected")
         return super().pwrite_all(fd, data, offset)
 
+    def pwritev_all(self, fd, buffers, offset):  # a run of adjacent writes (_pwrite_runs)
+        end = offset + sum(len(b) for b in buffers)
+        if fd == self.primary_fd and self.fail_at is not None and offset <= self.fail_at < end:
+            raise OSError(errno.EIO, "injected")
+        return super().pwritev_all(fd, buffers, offset)
+
 
 def test_a_failed_primary_write_stops_the_run(tmp_path):
     io = FailPrimaryAt()
@@ -313,5 +319,45 @@ def test_journal_append_many_is_consecutive_and_all_or_none(tmp_path):
         with pytest.raises(JournalFailed):
             j.append_many([(0, pattern(4, BS))])
         assert j.last_seq == last + 2  # nothing of either refused call was queued
+    finally:
+        vol.close()
+
+
+class PrimaryWrites(OsFileIO):
+    """Notes every write of the primary: (offset, length)."""
+
+    def __init__(self) -> None:
+        self.primary_fd: int | None = None
+        self.calls: list[tuple[int, int]] = []
+
+    def pwrite_all(self, fd, data, offset):
+        if fd == self.primary_fd:
+            self.calls.append((offset, len(data)))
+        return super().pwrite_all(fd, data, offset)
+
+    def pwritev_all(self, fd, buffers, offset):
+        if fd == self.primary_fd:
+            self.calls.append((offset, sum(len(b) for b in buffers)))
+        return super().pwritev_all(fd, buffers, offset)
+
+
+def test_a_run_of_adjacent_items_is_one_primary_write(tmp_path):
+    io = PrimaryWrites()
+    vol = make_volume(tmp_path, io=io)
+    try:
+        io.primary_fd = vol._pfd
+        items = [(i * 4096, pattern(i, 4096)) for i in range(8)]
+        items += [((1 << 20) + 4096, pattern(9, 4096)), ((1 << 20) + 8192, pattern(10, BS))]
+        items += [(4096, pattern(11, BS))]  # overlaps the first run: written after it
+        with vol.batch():
+            seqs, error = vol.write_many(items)
+        assert error is None and len(seqs) == len(items)
+        assert io.calls == [(0, 8 * 4096), ((1 << 20) + 4096, 4096 + BS), (4096, BS)]
+        assert vol.read(0, 4096) == pattern(0, 4096)
+        assert vol.read(4096, 4096) == pattern(11, BS) + pattern(1, 4096)[BS:]
+        assert vol.read((1 << 20) + 4096, 4096 + BS) == pattern(9, 4096) + pattern(10, BS)
+        recs, rseqs = records(vol)
+        assert rseqs[-len(items) :] == seqs  # one record per item, in order
+        assert [(o, d) for _, o, _, d in recs[-len(items) :]] == items
     finally:
         vol.close()

@@ -1,7 +1,8 @@
 """Run inside the appliance VM (stdlib only): the journal's history of some bytes.
 
 ``python3 - JOURNAL_DIR CATALOG START:END [START:END ...] < journal_probe.py``
-prints, in sequence order, every record (docs/FORMAT.md, record format 1)
+prints, in sequence order, every record (docs/FORMAT.md, record formats 1 and 2;
+PAD records cover no bytes and are never printed)
 whose range meets one of the byte ranges, with a short sha256 of the bytes it
 wrote there, every bookmark and marker record, then the catalog's delta maps
 that place any of those bytes.  A VM test prints it when an image's file
@@ -18,8 +19,9 @@ import struct
 import sys
 
 HEADER = struct.Struct("<4sBBHQQQQII8sI")  # + crc32c at 60: 64 bytes
-KINDS = {1: "WRITE", 2: "ZERO", 3: "BOOKMARK", 4: "REF", 5: "UNBOOKMARK", 16: "BASELINE_DONE",
-         17: "IN_SYNC", 18: "OUT_OF_SYNC", 19: "FIXUP", 20: "RESTORE"}  # fmt: skip
+KINDS = {1: "WRITE", 2: "ZERO", 3: "BOOKMARK", 4: "REF", 5: "UNBOOKMARK", 6: "PAD",
+         16: "BASELINE_DONE", 17: "IN_SYNC", 18: "OUT_OF_SYNC", 19: "FIXUP",
+         20: "RESTORE"}  # fmt: skip
 MARKERS = (3, 5, 16, 17, 18, 19, 20)
 REF_ENTRY = struct.Struct("<qqq")
 
