@@ -75,22 +75,45 @@ class DirectWriter:
         self.align = ALIGNS[-1]
 
     def write(self, fd: int, buffers, offset: int) -> None:
-        align, buf = self.align, self._buf
+        align, cap = self.align, len(self._buf)
         if offset % align:
             raise ValueError(f"direct write at {offset}, not on a {align}-byte boundary")
-        data = memoryview(b"".join(buffers))  # one C call for the run, then one copy
-        cap = len(buf)
-        while len(data) >= cap:
-            buf[:] = data[:cap]
-            self.io.pwritev_all(fd, [buf], offset)
-            offset += cap
-            data = data[cap:]
-        used = len(data)
+        used = 0
+        group: list = []  # small buffers, joined by one C call per chunk's worth
+        size = 0
+        for b in (*buffers, None):
+            if b is not None and size + len(b) <= cap:
+                group.append(b)
+                size += len(b)
+                continue
+            if group:
+                used, offset = self._copy(fd, memoryview(b"".join(group)), used, offset)
+                group, size = [], 0
+            if b is None:
+                break
+            if len(b) <= cap:
+                group, size = [b], len(b)
+            else:
+                used, offset = self._copy(fd, memoryview(b).cast("B"), used, offset)
         if used:
             end = -(-used // align) * align
-            buf[:used] = data
-            buf[used:end] = bytes(end - used)
-            self.io.pwritev_all(fd, [buf[:end]], offset)
+            self._buf[used:end] = bytes(end - used)
+            self.io.pwritev_all(fd, [self._buf[:end]], offset)
+
+    def _copy(self, fd: int, data: memoryview, used: int, offset: int) -> tuple[int, int]:
+        """``data`` into the buffer after its first ``used`` bytes; every full
+        buffer is written at ``offset``.  Returns the new (used, offset)."""
+        buf, cap = self._buf, len(self._buf)
+        while data:
+            n = min(len(data), cap - used)
+            buf[used : used + n] = data[:n]
+            used += n
+            data = data[n:]
+            if used == cap:
+                self.io.pwritev_all(fd, [buf], offset)
+                offset += cap
+                used = 0
+        return used, offset
 
     def write_block(self, fd: int, data: bytes, offset: int) -> None:
         """One aligned block (a segment header, a probe) with ``pwrite``."""

@@ -205,3 +205,18 @@ def test_pad_sizes(gap):
     h = R.parse_record_header(raw, segno=1, vtag=vtag)
     assert h.kind == R.PAD and h.payload_len == gap - 64
     assert R.record_crc_ok(raw[:64], raw[64:])
+
+
+def test_records_larger_than_the_copy_buffer_and_runs_of_many(tmp_path):
+    j = open_journal(tmp_path)
+    try:
+        big = [pattern(i, segfile.CHUNK + 512 * (3 + i)) for i in range(2)]
+        small = [pattern(10 + i, 4096) for i in range(300)]  # > CHUNK in all
+        with j.batch():
+            recs = [j.append(R.WRITE, 0, len(p), p) for p in big[:1] + small + big[1:]]
+        j.sync()
+        for r, p in zip(recs, big[:1] + small + big[1:], strict=True):
+            assert j.read_payload(r.payload_addr, r.payload_len) == p
+    finally:
+        j.close()
+    assert [r.seq for r in scan(j).records] == [r.seq for r in recs]
