@@ -151,21 +151,28 @@ def test_a_segment_rollover_inside_the_run(tmp_path):
 
 
 class FailPrimaryAt(OsFileIO):
-    """Fails the primary's pwrite at one offset (EIO)."""
+    """Notes the primary's writes, ``(offset, length)`` each (a ``pwritev`` is a
+    run of adjacent writes: _pwrite_runs), and fails one that covers
+    ``fail_at`` (EIO)."""
 
     def __init__(self) -> None:
         self.fail_at: int | None = None
         self.primary_fd: int | None = None
+        self.calls: list[tuple[int, int]] = []
+
+    def _check(self, fd, offset: int, n: int) -> None:
+        if fd != self.primary_fd:
+            return
+        if self.fail_at is not None and offset <= self.fail_at < offset + n:
+            raise OSError(errno.EIO, "injected")
+        self.calls.append((offset, n))
 
     def pwrite_all(self, fd, data, offset):
-        if fd == self.primary_fd and offset == self.fail_at:
-            raise OSError(errno.EIO, "injected")
+        self._check(fd, offset, len(data))
         return super().pwrite_all(fd, data, offset)
 
-    def pwritev_all(self, fd, buffers, offset):  # a run of adjacent writes (_pwrite_runs)
-        end = offset + sum(len(b) for b in buffers)
-        if fd == self.primary_fd and self.fail_at is not None and offset <= self.fail_at < end:
-            raise OSError(errno.EIO, "injected")
+    def pwritev_all(self, fd, buffers, offset):
+        self._check(fd, offset, sum(len(b) for b in buffers))
         return super().pwritev_all(fd, buffers, offset)
 
 
@@ -323,26 +330,8 @@ def test_journal_append_many_is_consecutive_and_all_or_none(tmp_path):
         vol.close()
 
 
-class PrimaryWrites(OsFileIO):
-    """Notes every write of the primary: (offset, length)."""
-
-    def __init__(self) -> None:
-        self.primary_fd: int | None = None
-        self.calls: list[tuple[int, int]] = []
-
-    def pwrite_all(self, fd, data, offset):
-        if fd == self.primary_fd:
-            self.calls.append((offset, len(data)))
-        return super().pwrite_all(fd, data, offset)
-
-    def pwritev_all(self, fd, buffers, offset):
-        if fd == self.primary_fd:
-            self.calls.append((offset, sum(len(b) for b in buffers)))
-        return super().pwritev_all(fd, buffers, offset)
-
-
 def test_a_run_of_adjacent_items_is_one_primary_write(tmp_path):
-    io = PrimaryWrites()
+    io = FailPrimaryAt()
     vol = make_volume(tmp_path, io=io)
     try:
         io.primary_fd = vol._pfd
