@@ -12,14 +12,16 @@ See docs/HANDLER.md.
 
 
 def handlerd(argv: list[str] | None = None) -> int:
-    """The ``cdp-handlerd`` entry point: choose the CRC32C implementation
+    """The ``cdp-handlerd`` entry point: fix glibc's malloc thresholds
+    (:mod:`appliance.malloctune`), choose the CRC32C implementation
     (:mod:`appliance.crcprobe`) before anything imports it, then run
     :func:`appliance.daemon.main.main`."""
     import sys
 
-    from appliance import crcprobe
+    from appliance import crcprobe, malloctune
 
     if not {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv):
+        malloctune.configure()
         crcprobe.configure()
     from .main import main
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import structlog
 
-from appliance import crcprobe
+from appliance import crcprobe, malloctune
 from appliance.control.manager import VolumeManager
 from appliance.control.server import ControlServer
 from appliance.tcmu import parse_uio_name
@@ -290,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(config.log_level, config.log_json)
     crcprobe.log_choice()
+    malloctune.log_choice()
     try:
         asyncio.run(Daemon(config).run())
     except (HandlerError, DeviceSetupError) as exc:

@@ -40,6 +40,8 @@ from .fileio import FileIO
 CHUNK = 1 << 20  # the aligned copy buffer; larger batches go in several writes
 ALIGNS = (512, 4096)
 ZERO_AHEAD = 8 << 20  # zeros written ahead of the records, in one go
+SMALL = 16 << 10  # buffers below this are joined in groups before the copy
+GROUP = 64 << 10  # ... of at most about this much (below malloc's mmap threshold)
 
 
 def pooled(folder: str) -> str | None:
@@ -75,40 +77,56 @@ class DirectWriter:
         self.align = ALIGNS[-1]
 
     def write(self, fd: int, buffers, offset: int) -> None:
-        align, cap = self.align, len(self._buf)
+        """``buffers`` (bytes, or buffers of bytes), back to back from ``offset``
+        (on a block boundary), copied into the aligned buffer, which goes out
+        whenever it is full, and at the end up to the next block, zero-filled.
+
+        Small buffers (record headers, 4 KiB payloads) are joined in groups of
+        up to :data:`GROUP` bytes first: one C call instead of a Python step
+        each.  Larger ones are copied straight in.  So no temporary is ever
+        larger than a group: an allocation that size is taken from the heap
+        and reused, where a joined run of 64 KiB records (half a MiB) was
+        mmapped and faulted in again on every write (malloctune.py)."""
+        align = self.align
         if offset % align:
             raise ValueError(f"direct write at {offset}, not on a {align}-byte boundary")
         used = 0
-        group: list = []  # small buffers, joined by one C call per chunk's worth
+        group: list = []
         size = 0
-        for b in (*buffers, None):
-            if b is not None and size + len(b) <= cap:
+        for b in buffers:
+            n = len(b)
+            if n < SMALL:
                 group.append(b)
-                size += len(b)
-                continue
-            if group:
-                used, offset = self._copy(fd, memoryview(b"".join(group)), used, offset)
+                size += n
+                if size < GROUP:
+                    continue
+                b, n = b"".join(group), size
                 group, size = [], 0
-            if b is None:
-                break
-            if len(b) <= cap:
-                group, size = [b], len(b)
-            else:
-                used, offset = self._copy(fd, memoryview(b).cast("B"), used, offset)
+            elif group:
+                used, offset = self._put(fd, b"".join(group), size, used, offset)
+                group, size = [], 0
+            used, offset = self._put(fd, b, n, used, offset)
+        if group:
+            used, offset = self._put(fd, b"".join(group), size, used, offset)
         if used:
             end = -(-used // align) * align
             self._buf[used:end] = bytes(end - used)
             self.io.pwritev_all(fd, [self._buf[:end]], offset)
 
-    def _copy(self, fd: int, data: memoryview, used: int, offset: int) -> tuple[int, int]:
-        """``data`` into the buffer after its first ``used`` bytes; every full
-        buffer is written at ``offset``.  Returns the new (used, offset)."""
-        buf, cap = self._buf, len(self._buf)
+    def _put(self, fd: int, b, n: int, used: int, offset: int) -> tuple[int, int]:
+        """``b`` (``n`` bytes) into the buffer after its first ``used`` bytes;
+        every full buffer is written at ``offset``.  Returns (used, offset)."""
+        buf = self._buf
+        cap = len(buf)
+        if used + n <= cap:
+            buf[used : used + n] = b
+            return used + n, offset
+        data = memoryview(b)
         while data:
-            n = min(len(data), cap - used)
-            buf[used : used + n] = data[:n]
-            used += n
-            data = data[n:]
+            k = min(len(data), cap - used)
+            buf[used : used + k] = data[:k]
+            used += k
+            data = data[k:]
             if used == cap:
                 self.io.pwritev_all(fd, [buf], offset)
                 offset += cap

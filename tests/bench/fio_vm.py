@@ -191,7 +191,8 @@ def run_backstore(
             out["daemon"] = [
                 e
                 for e in log_events(vm)
-                if e.get("event") in ("crc32c.chosen", "daemon.ready", "device.attached")
+                if e.get("event")
+                in ("crc32c.chosen", "malloc.tuned", "daemon.ready", "device.attached")
             ]
             if profile:
                 time.sleep(3)  # one more dump of the counts

@@ -100,3 +100,21 @@ class FlakyIO:
 
     def truncate(self, fd, length):
         self._os.truncate(fd, length)
+
+
+def info_logs(fn) -> list[dict]:
+    """What ``fn()`` logs through structlog at the daemon's level (info): the
+    test suite's own configuration shows warnings only."""
+    import logging
+
+    import structlog
+    from structlog.testing import capture_logs
+
+    before = structlog.get_config()["wrapper_class"]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    try:
+        with capture_logs() as logs:
+            fn()
+    finally:
+        structlog.configure(wrapper_class=before)
+    return logs

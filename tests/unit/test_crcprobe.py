@@ -11,6 +11,8 @@ import pytest
 
 from appliance import crcprobe
 
+from .helpers import info_logs
+
 
 def fake_measure(rates):
     def measure(mode, python=sys.executable):
@@ -108,20 +110,8 @@ def test_the_daemon_entry_point_does_not_import_the_package():
 def test_the_choice_is_logged_once_logging_is_set_up(monkeypatch):
     """configure() runs before the daemon configures its logs (JSON under
     systemd), so it only records; main() logs ``crc32c.chosen`` afterwards."""
-    import logging
-
-    import structlog
-    from structlog.testing import capture_logs
-
     monkeypatch.setattr(crcprobe, "CHOSEN", {"implementation": "software", "source": "measured"})
-    # the test suite's own configuration shows warnings only; the daemon's, info
-    before = structlog.get_config()["wrapper_class"]
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
-    try:
-        with capture_logs() as logs:
-            crcprobe.log_choice()
-    finally:
-        structlog.configure(wrapper_class=before)
+    logs = info_logs(crcprobe.log_choice)
     assert logs == [
         {
             "event": "crc32c.chosen",

@@ -220,3 +220,47 @@ def test_records_larger_than_the_copy_buffer_and_runs_of_many(tmp_path):
     finally:
         j.close()
     assert [r.seq for r in scan(j).records] == [r.seq for r in recs]
+
+
+class Captured:
+    """A FileIO stand-in for DirectWriter: keeps what each write carried."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[int, bytes]] = []
+
+    def pwritev_all(self, fd, buffers, offset):
+        self.writes.append((offset, b"".join(bytes(b) for b in buffers)))
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [64, 4096, 448],  # one 4 KiB record and its PAD: one block-aligned write
+        [64, 65536] * 8 + [448],  # a run of 64 KiB records, under the buffer
+        [64, 4096] * 300,  # many small buffers, over the buffer in all
+        [64, segfile.CHUNK + 1024, 64, 100],  # one buffer larger than the buffer
+        [segfile.CHUNK],  # exactly one buffer's worth
+    ],
+)
+def test_direct_writer_writes_the_run_in_whole_blocks_from_its_buffer(sizes):
+    """Whatever the run, the bytes land at their offsets in writes of whole
+    blocks (full buffers, then one tail zero-filled to the block), and
+    nothing else is written."""
+    io = Captured()
+    w = segfile.DirectWriter(io)
+    w.align = 512
+    bufs = [os.urandom(n) for n in sizes]
+    w.write(7, bufs, 8192)
+    data = b"".join(bufs)
+    pos = 8192
+    for offset, chunk in io.writes:
+        assert offset == pos and len(chunk) % 512 == 0 and len(chunk) <= segfile.CHUNK
+        pos += len(chunk)
+    assert sum(len(c) for _, c in io.writes) == -(-len(data) // 512) * 512
+    written = b"".join(c for _, c in io.writes)
+    assert written[: len(data)] == data and not any(written[len(data) :])
+    if len(data) <= segfile.CHUNK:
+        assert len(io.writes) == 1
+    with pytest.raises(ValueError, match="boundary"):
+        w.write(7, bufs, 100)
+    w.close()
