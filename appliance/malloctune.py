@@ -72,8 +72,7 @@ def configure(environ=os.environ) -> bool:
         "mmap_threshold": (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
         "trim_threshold": (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
     }
-    took = [mallopt(param, value) == 1 for param, value in settings.values()]
-    ok = all(took)
+    ok = all([mallopt(param, value) == 1 for param, value in settings.values()])  # every call
     CHOSEN = {"source": "set" if ok else "refused"}
     CHOSEN.update((name, value) for name, (_, value) in settings.items())
     return ok

@@ -12,7 +12,7 @@ See docs/HANDLER.md.
 
 
 def handlerd(argv: list[str] | None = None) -> int:
-    """The ``cdp-handlerd`` entry point: fix glibc's malloc thresholds
+    """The ``cdp-handlerd`` entry point: set glibc's allocator
     (:mod:`appliance.malloctune`), choose the CRC32C implementation
     (:mod:`appliance.crcprobe`) before anything imports it, then run
     :func:`appliance.daemon.main.main`."""
