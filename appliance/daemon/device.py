@@ -362,7 +362,7 @@ class TcmuDevice:
     def _fast_scan(self):
         scsi = self.scsi
         return fastpath.scanner(
-            fd=scsi.backend.direct_read_fd(),
+            fd=scsi.backend.direct_read_fd,  # asked after cmd_head is read
             block_size=scsi.block_size,
             size=scsi.backend.size,
             max_blocks=scsi.limits.max_transfer,

@@ -16,6 +16,7 @@ False and the handler serves every command through the Python ring.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 try:
     from . import _fastring
@@ -34,25 +35,39 @@ TIMEOUT, WAKE, ENTRIES, RESET, ERROR, EXCEPTION = range(6)
 
 
 def scanner(
-    *, fd: int | None, block_size: int, size: int, max_blocks: int, writes: bool
+    *,
+    fd: int | Callable[[], int | None] | None,
+    block_size: int,
+    size: int,
+    max_blocks: int,
+    writes: bool,
 ) -> FastScan | None:
     """A :data:`~appliance.tcmu.ring.FastScan` for one poll of one device.
 
-    ``fd``: the primary, read directly (None: reads go the Python way);
+    ``fd``: the primary, read directly (None: reads go the Python way), or a
+    callable that gives it (or None) and is asked at every call, that is
+    *after* the ring read ``cmd_head``: every command the call answers was
+    queued before the fd was handed out, so a restore that begins in between
+    (``ProtectedVolume.direct_read_fd`` gives None from then on) cannot have a
+    command queued after it read the primary directly.
     ``size``: the capacity in bytes; ``max_blocks``: the transfer limit;
     ``writes``: take plain writes without FUA (a writable LUN, write cache on).
     None when there is nothing to take or no extension.
     """
-    mode = (READS if fd is not None else 0) | (WRITES if writes else 0)
-    if not AVAILABLE or not mode:
+    if not AVAILABLE or (fd is None and not writes):
         return None
     scan = _fastring.scan
-    rfd = -1 if fd is None else fd
+    wmode = WRITES if writes else 0
+    get_fd = fd if callable(fd) else (lambda: fd)
 
     def fast(mv, cmdr_off, cmdr_size, pos, head, data_off, read_len, live, reads=True):
+        rfd = get_fd() if reads else None
+        mode = wmode if rfd is None else wmode | READS
+        if not mode:
+            return pos, 0, None, b""  # nothing to take now: the Python path parses
         return scan(
             mv, cmdr_off, cmdr_size, pos, head, data_off, read_len, live,
-            rfd, block_size, size, max_blocks, mode if reads else mode & WRITES,
+            -1 if rfd is None else rfd, block_size, size, max_blocks, mode,
         )  # fmt: skip
 
     return fast

@@ -139,8 +139,10 @@ def run_backstore(
 ) -> dict:
     """Boot, set up one backstore, run the three workloads; figures and timings.
 
-    ``profile``: run the cdp daemon under tests/bench/daemon_sampler.py and
-    return its per-thread sample counts (the figures are then not comparable)."""
+    ``work``: a fresh folder for this boot's disks.  ``profile``: run the cdp
+    daemon under tests/bench/daemon_sampler.py and return its per-thread
+    sample counts (the figures are then not comparable)."""
+    work.mkdir(parents=True)
     disks = [primary_disk(kind, work), vmctl.Disk("journal", 2 << 30)]
     out: dict = {"timings": {}}
     with vmctl.VM(base, workdir=work / kind, disks=disks, cpu="Nehalem") as vm:
@@ -287,12 +289,56 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a"
 
 
+def round_order(kinds: list[str], rounds: int) -> list[tuple[int, str]]:
+    """(round, backstore) in the order they boot: every other round reversed,
+    so that a host slowing down or speeding up over the run does not always
+    favour the same backstore."""
+    return [(r, kind) for r in range(rounds) for kind in (kinds if r % 2 == 0 else kinds[::-1])]
+
+
+def combine(runs: list[dict]) -> dict:
+    """One backstore's rounds as one result: per workload, the round with the
+    median IOPS (its latency and CPU columns with it; an odd number of rounds,
+    so it is a real round), plus every round's IOPS in ``round_iops`` (boot
+    order); the boots' timings and loads in ``boots``."""
+    if len(runs) == 1:
+        return runs[0]
+    out: dict = {"boots": [{"timings": r["timings"], "load": r.get("load", ())} for r in runs]}
+    for name, _ in WORKLOADS:
+        have = [r[name] for r in runs if name in r]
+        if not have:
+            continue
+        median = sorted(have, key=lambda x: x["iops"])[len(have) // 2]
+        out[name] = {**median, "round_iops": [x["iops"] for x in have]}
+    daemon = next((r["daemon"] for r in runs if "daemon" in r), None)
+    if daemon is not None:
+        out["daemon"] = daemon
+    return out
+
+
+def paired_ratios(results: dict, name: str, other: str) -> list[float]:
+    """cdp / ``other`` for ``name`` round by round (boots close in time)."""
+    c = results.get("cdp", {}).get(name, {}).get("round_iops", [])
+    o = results.get(other, {}).get(name, {}).get("round_iops", [])
+    return [a / b for a, b in zip(c, o, strict=False) if b]
+
+
+def spread(results: dict, name: str, other: str) -> str:
+    """`` (round by round a-b)`` when there were rounds, else nothing."""
+    pairs = paired_ratios(results, name, other)
+    if len(pairs) < 2:
+        return ""
+    return f" (round by round {min(pairs):.2f}-{max(pairs):.2f})"
+
+
 def section(results: dict, runtime: int, when: str, took: float) -> str:
+    n = max((len(r.get("boots", ())) for r in results.values() if isinstance(r, dict)), default=0)
+    rounds = f" --rounds {n}" if n > 1 else ""
     lines = [
         fio_section.BEGIN,
         "## fio through open-iscsi in the test VM (user:cdp vs fileio vs tcmu-runner)",
         "",
-        f"Produced by `python -m tests.bench.fio_vm --runtime {runtime}` (finished {when}; "
+        f"Produced by `python -m tests.bench.fio_vm --runtime {runtime}{rounds}` (finished {when}; "
         f"the last invocation took {took / 60:.0f} min).",
         "Debian 12 guest, kernel 6.1, **TCG** (no KVM), 2 vCPUs, `-cpu Nehalem`; one boot per",
         "backstore from the same image (the base with tcmu-runner, masked for the other two);",
@@ -338,8 +384,11 @@ def section(results: dict, runtime: int, when: str, took: float) -> str:
                     )
                 else:  # recorded before the split was measured
                     cpu += f"{r['server_cpu_ms_per_io']:.2f} | "
+            iops = f"{r['iops']:.0f}"
+            if len(r.get("round_iops", ())) > 1:
+                iops += " (" + ", ".join(f"{x:.0f}" for x in r["round_iops"]) + ")"
             lines.append(
-                f"| {name} | {kind} | {r['iops']:.0f} | {r['mbs']:.2f} | {r['p50_ms']:.1f} "
+                f"| {name} | {kind} | {iops} | {r['mbs']:.2f} | {r['p50_ms']:.1f} "
                 f"| {r['p99_ms']:.1f} | {cpu} |"
             )
     lines += ["", "| workload | cdp / tcmu-runner (goal >= 1.0) | cdp / fileio |", "|---|---|---|"]
@@ -347,14 +396,17 @@ def section(results: dict, runtime: int, when: str, took: float) -> str:
         c, f, t = (results.get(k, {}).get(name) for k in ("cdp", "fileio", "tcmu"))
         if c and t and f:
             goal = " (goal >= 0.7)" if name.startswith("64k") else ""
-            lines.append(f"| {name} | {ratio(c['iops'], t['iops'])} | "
-                         f"{ratio(c['iops'], f['iops'])}{goal} |")  # fmt: skip
+            vs_tcmu = ratio(c["iops"], t["iops"]) + spread(results, name, "tcmu")
+            vs_fileio = ratio(c["iops"], f["iops"]) + goal + spread(results, name, "fileio")
+            lines.append(f"| {name} | {vs_tcmu} | {vs_fileio} |")
     lines += ["", "Per boot (seconds) and the host's load average at the end:", ""]
     for kind in BACKSTORES:
         r = results.get(kind, {})
-        t = ", ".join(f"{k} {v:.0f}" for k, v in r.get("timings", {}).items())
-        load = "/".join(f"{x:.1f}" for x in r.get("load", ()))
-        lines.append(f"* {kind}: {t}; load {load}")
+        for i, boot in enumerate(r.get("boots") or [r]):
+            t = ", ".join(f"{k} {v:.0f}" for k, v in boot.get("timings", {}).items())
+            load = "/".join(f"{x:.1f}" for x in boot.get("load", ()))
+            label = f"{kind} round {i + 1}" if "boots" in r else kind
+            lines.append(f"* {label}: {t}; load {load}")
     notes = results.get("notes")
     if notes:
         lines += ["", notes]
@@ -367,6 +419,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "docs/PERFORMANCE.md"))
     ap.add_argument("--runtime", type=int, default=30)
     ap.add_argument("--only", choices=BACKSTORES, action="append", help="run just these")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="boot every backstore this many times (odd), every other round in reverse "
+        "order; the tables give each workload's median round and every round's IOPS",
+    )
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--merge", help="results JSON of an earlier run: keep its backstores")
     ap.add_argument(
@@ -381,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         help="cdp only, the daemon under the sampler; prints, does not touch --out",
     )
     args = ap.parse_args(argv)
+    if args.rounds < 1 or args.rounds % 2 == 0:
+        ap.error("--rounds must be odd (the median is then one of the rounds)")
     t0 = time.monotonic()
     results: dict = json.loads(Path(args.merge).read_text()) if args.merge else {}
     if args.profile:
@@ -394,13 +455,17 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="fio-vm-") as tmp:
             work = Path(tmp)
             site = build_site(work / "site")
-            for kind in kinds:
+            runs: dict[str, list[dict]] = {}
+            for r, kind in round_order(kinds, args.rounds):
                 try:
-                    results[kind] = run_backstore(
-                        base, kind, site, args.runtime, work, args.profile
+                    runs.setdefault(kind, []).append(
+                        run_backstore(
+                            base, kind, site, args.runtime, work / f"{kind}-{r}", args.profile
+                        )
                     )
                 except (vmctl.VMError, subprocess.SubprocessError, ValueError, KeyError) as exc:
-                    print(f"{kind}: failed: {exc}", file=sys.stderr, flush=True)
+                    print(f"{kind} round {r + 1}: failed: {exc}", file=sys.stderr, flush=True)
+            results.update({kind: combine(rs) for kind, rs in runs.items()})
     if args.notes:
         results["notes"] = args.notes
     if args.json:

@@ -285,6 +285,48 @@ def test_a_write_the_engine_refuses_gets_the_same_sense(tmp_path, caplog, backen
     assert stats.by_status[Status.CHECK_CONDITION] > 0
 
 
+def test_a_read_queued_after_the_fd_was_handed_out_goes_the_python_way(tmp_path):
+    """The fast path asks for the primary's fd only after the ring read
+    ``cmd_head``.  Here a restore begins the moment the fd is handed out
+    (direct_read_fd gives None from then on) and the host queues a read at
+    once: that read must not be answered from the primary directly with the
+    fd taken before it was queued (regression: the fd used to be taken before
+    ``cmd_head``, so it could), but by the engine, in the next poll."""
+    side = Side(tmp_path, fast=True, seed_data=bytes(range(256)) * 2)
+    engine_reads = []
+    backend = side.backend
+    real_read = backend.read
+
+    def read(offset, length):
+        engine_reads.append(offset)
+        return real_read(offset, length)
+
+    handed = []
+
+    def direct_read_fd():
+        if handed:
+            return None  # the restore is running
+        handed.append(side.uio.sim.queue_cmd(rw10(READ_10, 7, 1), data_in=BS))
+        return side.vol.direct_read_fd()
+
+    backend.read = read
+    backend.direct_read_fd = direct_read_fd
+    try:
+        first = side.uio.sim.queue_cmd(rw10(READ_10, 3, 1), data_in=BS)
+        side.serve()
+        done = {c.cmd_id: c for c in side.uio.sim.completions}
+        assert list(done) == [first.cmd_id] and engine_reads == []  # direct, alone
+        assert done[first.cmd_id].data == side.vol.read(3 * BS, BS)
+        side.serve()
+        late = handed[0]
+        done = {c.cmd_id: c for c in side.uio.sim.completions}
+        assert done[late.cmd_id].status == Status.GOOD
+        assert done[late.cmd_id].data == side.vol.read(7 * BS, BS)
+        assert engine_reads == [7 * BS]  # through the engine (restore-aware)
+    finally:
+        side.close()
+
+
 def test_empty_iovecs_are_stepped_over(tmp_path, direct):
     """A ring the kernel never writes, but a shared mapping is not trusted: an
     iovec of length 0 (here before the real one) must not stall the reader."""
