@@ -356,6 +356,15 @@ def section(results: dict, runtime: int, when: str, took: float) -> str:
         "above 2 (the VM's own two vCPUs) means the host was shared and the absolute figures",
         "are low. Even on a quiet host they move by a third between runs (the host's own",
         "speed varies), so compare the ratios and the CPU per I/O, which come from one run.",
+        *(
+            [
+                f"With {n} rounds (every backstore booted {n} times, every other round in reverse",
+                "order), a row is the workload's median round (every round's IOPS in brackets, in",
+                "boot order) and the ratios are of the medians, with their range round by round.",
+            ]
+            if n > 1
+            else []
+        ),
         "",
         "CPU columns: the guest's busy time per I/O over all vCPUs (fio, open-iscsi, LIO,",
         "the handler, the page cache: everything), and the part of it the serving process",

@@ -47,6 +47,7 @@ def test_the_report_gives_median_ratios_and_their_round_by_round_range():
         "| 64k-seqwrite-qd8 | 1.10x (round by round 1.00-1.20) | 0.55x (goal >= 0.7) (round" in text
     )
     assert "* tcmu round 3: boot 30; load 1.0/1.0/1.0" in text
+    assert "With 3 rounds (every backstore booted 3 times" in text
 
 
 def test_an_even_number_of_rounds_is_refused():
