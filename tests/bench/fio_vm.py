@@ -475,6 +475,12 @@ def main(argv: list[str] | None = None) -> int:
                 except (vmctl.VMError, subprocess.SubprocessError, ValueError, KeyError) as exc:
                     print(f"{kind} round {r + 1}: failed: {exc}", file=sys.stderr, flush=True)
             results.update({kind: combine(rs) for kind, rs in runs.items()})
+    if kinds:  # what the header says; --report-only keeps the measuring run's
+        results["run"] = {
+            "runtime": args.runtime,
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "took_s": time.monotonic() - t0,
+        }
     if args.notes:
         results["notes"] = args.notes
     if args.json:
@@ -482,8 +488,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         print(json.dumps(results, indent=1))
         return 0 if "cdp" in results else 1
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    text = section(results, args.runtime, when, time.monotonic() - t0)
+    run = results.get("run", {})
+    text = section(
+        results,
+        run.get("runtime", args.runtime),
+        run.get("when", "?"),
+        run.get("took_s", time.monotonic() - t0),
+    )
     out = Path(args.out)
     out.write_text(fio_section.splice(out.read_text() if out.exists() else "", text))
     print(text)

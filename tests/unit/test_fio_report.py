@@ -3,6 +3,8 @@ medians and the ratio table from made-up figures."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.bench import fio_vm
@@ -53,3 +55,25 @@ def test_the_report_gives_median_ratios_and_their_round_by_round_range():
 def test_an_even_number_of_rounds_is_refused():
     with pytest.raises(SystemExit):
         fio_vm.main(["--rounds", "2", "--report-only"])
+
+
+def test_a_report_only_rewrite_keeps_the_measuring_runs_header(tmp_path):
+    """--report-only (new notes on old figures) says when the figures were
+    measured and how long that took, not "0 min" of its own."""
+    results = {
+        kind: fio_vm.combine([boot(1000), boot(1000), boot(1000)])
+        for kind in ("cdp", "tcmu", "fileio")
+    }
+    results["run"] = {"runtime": 20, "when": "2026-11-27 09:47 UTC", "took_s": 1980}
+    merge, out = tmp_path / "r.json", tmp_path / "PERF.md"
+    merge.write_text(json.dumps(results))
+    assert (
+        fio_vm.main(["--report-only", "--merge", str(merge), "--out", str(out), "--notes", "N"])
+        == 0
+    )
+    text = out.read_text()
+    assert (
+        "--runtime 20 --rounds 3` (finished 2026-11-27 09:47 UTC; the last invocation took 33 min)"
+        in text
+    )
+    assert text.rstrip().endswith("N\n<!-- fio-vm:end -->")
