@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 
 all: test
 
-$(STAMP): pyproject.toml setup.py appliance/tcmu/_fastring.c targetcli-ext/pyproject.toml
+$(STAMP): pyproject.toml setup.py appliance/tcmu/_fastring.c appliance/engine/_writerun.c targetcli-ext/pyproject.toml
 	python3 -m venv $(VENV) || { apt-get update && apt-get install -y python3-venv && python3 -m venv $(VENV); }
 	$(VENV)/bin/pip install --upgrade pip >/dev/null
 	$(VENV)/bin/pip install -e '.[test]'

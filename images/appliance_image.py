@@ -57,8 +57,9 @@ HASHED_INPUTS = (
     "targetcli-ext/targetcli_cdp",
 )
 _SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".cache"}
-# .so: the fast path's extension, built in the tree by `pip install -e` (its
-# source, _fastring.c, is hashed; the build embeds the clone's path).
+# .so: the compiled extensions, built in the tree by `pip install -e` (their
+# sources, _fastring.c and _writerun.c, are hashed; the build embeds the
+# clone's path).
 _SKIP_SUFFIXES = (".pyc", ".pyo", ".so", ".egg-info", ".retry")
 
 

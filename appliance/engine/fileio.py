@@ -16,6 +16,11 @@ from __future__ import annotations
 
 import os
 
+try:  # compiled at install (setup.py); without it pwrite_pieces loops in Python
+    from . import _writerun
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _writerun = None
+
 
 class FileIO:
     """Interface; :class:`OsFileIO` is the real thing."""
@@ -34,6 +39,27 @@ class FileIO:
 
     def pwritev_all(self, fd: int, buffers: list, offset: int) -> None:
         raise NotImplementedError
+
+    def pwrite_pieces(self, fd: int, pieces: list, stop: int) -> int:
+        """Write ``pieces[:stop]``, ``(offset, data, ...)`` tuples, one
+        :meth:`pwritev_all` per stretch of adjacent pieces (each ends where
+        the next begins).  Returns how many pieces were written; at the first
+        stretch that fails it stops, without raising, and returns the count
+        before it (the caller writes piece by piece from there, which raises
+        the error for the piece that has it)."""
+        done = 0
+        while done < stop:
+            start = off = pieces[done][0]
+            end = done
+            while end < stop and pieces[end][0] == off:
+                off += len(pieces[end][1])
+                end += 1
+            try:
+                self.pwritev_all(fd, [p[1] for p in pieces[done:end]], start)
+            except OSError:
+                return done
+            done = end
+        return done
 
     def fdatasync(self, fd: int) -> None:
         raise NotImplementedError
@@ -97,6 +123,13 @@ class OsFileIO(FileIO):
                 else:
                     bufs[0] = bufs[0][n:]
                     n = 0
+
+    def pwrite_pieces(self, fd, pieces, stop):
+        # One compiled call for the run (engine/_writerun.c), unless a
+        # subclass changed pwritev_all (a test's faults): then it is called.
+        if _writerun is None or type(self).pwritev_all is not OsFileIO.pwritev_all:
+            return super().pwrite_pieces(fd, pieces, stop)
+        return _writerun.pwrite_pieces(fd, pieces, stop)
 
     def fdatasync(self, fd):
         os.fdatasync(fd)

@@ -35,7 +35,10 @@ from collections.abc import Callable
 
 class OrderLock:
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # The lock itself is taken on the hot paths (a C call, where the
+        # Condition's ``with`` is two interpreted calls); waits use the Condition.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._owner: int | None = None  # thread holding it exclusively
         self._depth = 0
         self._x_waiting = 0
@@ -128,7 +131,7 @@ class OrderLock:
                     merged[-1][1] = e
             else:
                 merged.append([s, e])
-        with self._cond:
+        with self._lock:
             if self._owner == me:
                 self._depth += 1
                 return None
@@ -152,7 +155,7 @@ class OrderLock:
         if token is None:
             self.__exit__(None, None, None)
             return
-        with self._cond:
+        with self._lock:
             del self._ranges[token]
             if self._waiters:
                 self._cond.notify_all()
@@ -161,7 +164,7 @@ class OrderLock:
         if tokens is None:
             self.__exit__(None, None, None)
             return
-        with self._cond:
+        with self._lock:
             for token in tokens:
                 del self._ranges[token]
             if self._waiters:

@@ -133,6 +133,23 @@ class DirectWriter:
                 used = 0
         return used, offset
 
+    @property
+    def buffer(self) -> memoryview:
+        """The aligned buffer, for a caller that lays out a write in it itself
+        (Journal.write_run) and then calls :meth:`write_prepared`."""
+        return self._buf
+
+    def write_prepared(self, fd: int, used: int, offset: int) -> None:
+        """The buffer's first ``used`` bytes, laid out by the caller, written at
+        ``offset`` (on a block boundary) up to the next block, zero-filled."""
+        align = self.align
+        if offset % align:
+            raise ValueError(f"direct write at {offset}, not on a {align}-byte boundary")
+        end = -(-used // align) * align
+        if end > used:
+            self._buf[used:end] = bytes(end - used)
+        self.io.pwritev_all(fd, [self._buf[:end]], offset)
+
     def write_block(self, fd: int, data: bytes, offset: int) -> None:
         """One aligned block (a segment header, a probe) with ``pwrite``."""
         n = len(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from appliance.engine import ProtectedVolume
+from appliance.engine.fileio import FileIO
 
 
 def make_volume(tmp_path, size=4 << 20, block_size=512, **options) -> ProtectedVolume:
@@ -33,7 +34,7 @@ def random_bytes(length: int) -> bytes:
     return os.urandom(length)
 
 
-class FlakyIO:
+class FlakyIO(FileIO):
     """An OsFileIO whose journal-segment I/O can be broken and repaired.
 
     ``broken`` set to an errno makes every write and sync of a ``.seg`` file

@@ -152,7 +152,7 @@ def test_a_segment_rollover_inside_the_run(tmp_path):
 
 class FailPrimaryAt(OsFileIO):
     """Notes the primary's writes, ``(offset, length)`` each (a ``pwritev`` is a
-    run of adjacent writes: _pwrite_runs), and fails one that covers
+    run of adjacent writes: FileIO.pwrite_pieces), and fails one that covers
     ``fail_at`` (EIO)."""
 
     def __init__(self) -> None:

@@ -40,9 +40,10 @@ def build_wheelhouse(dest: Path, timeout: float = 600) -> list[Path]:
     (wheel,) = dest.glob("cdp_appliance-*.whl")
     # The guest runs CPython 3.11: a wheel for another Python, or one built
     # without a compiler (no fast path), is a broken image, not a slow one.
+    compiled = ("appliance/tcmu/_fastring.", "appliance/engine/_writerun.")
     with zipfile.ZipFile(wheel) as zf:
-        fast = [n for n in zf.namelist() if n.startswith("appliance/tcmu/_fastring.")]
-    if "-cp311-" not in wheel.name or not fast:
+        fast = [n for n in zf.namelist() if n.startswith(compiled) and n.endswith(".so")]
+    if "-cp311-" not in wheel.name or len(fast) != len(compiled):
         raise RuntimeError(f"{wheel.name}: not a CPython 3.11 wheel with the fast path ({fast})")
     platforms = [a for p in PLATFORMS for a in ("--platform", p)]
     subprocess.run(
