@@ -304,13 +304,21 @@ class Journal(JournalReader):
         (``_io_lock`` free), nothing pending, the records in the segment being
         written and in one buffer; and only for small records (at most
         :data:`WRITE_RUN_MAX_PAYLOAD`, which says why).  Otherwise None and
-        nothing was done: the
-        caller appends them (``append_many``).  A failed write fails the
-        journal, as the writer's would, and the records are returned as
-        ``append_many`` returns them (``undelivered`` lists them).
+        nothing was done: the caller appends them (``append_many``).  A
+        failed write fails the journal, as the writer's would, and the records
+        are returned as ``append_many`` returns them (``undelivered`` lists
+        them).  The zeros ahead (segfile.py) cover the whole buffer's reach
+        before it is filled, so the records always land in written blocks.
         """
         dw = self._dw
-        if _writerun is None or dw is None or not self._io_lock.acquire(blocking=False):
+        if (
+            _writerun is None
+            or dw is None
+            or not writes
+            or len(writes[0][1]) > WRITE_RUN_MAX_PAYLOAD  # large records: no need to look further
+        ):
+            return None
+        if not self._io_lock.acquire(blocking=False):
             return None
         try:
             # Zeros ahead first: they go out through the same buffer.

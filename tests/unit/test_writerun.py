@@ -165,8 +165,12 @@ def test_write_run_steps_aside_when_something_could_come_between(tmp_path):
             j._io_lock.release()
         # A run larger than the buffer, or past the segment's end.
         assert j.write_run([(0, pattern(2, 8192))] * 200) is None
-        # A large record: the pending path (WRITE_RUN_MAX_PAYLOAD says why).
+        # A large record: the pending path (WRITE_RUN_MAX_PAYLOAD says why),
+        # also when it comes after a small one.
         assert j.write_run([(0, pattern(4, J.WRITE_RUN_MAX_PAYLOAD + 512))]) is None
+        big = [(0, pattern(5, 512)), (512, pattern(6, J.WRITE_RUN_MAX_PAYLOAD + 512))]
+        assert j.write_run(big) is None
+        assert j.write_run([]) is None
         later = j.write_run([(1024, pattern(3, 4096))])
         assert later is not None and later[0].seq == first.seq + 1
         j.sync()
