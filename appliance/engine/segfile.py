@@ -109,9 +109,7 @@ class DirectWriter:
         if group:
             used, offset = self._put(fd, b"".join(group), size, used, offset)
         if used:
-            end = -(-used // align) * align
-            self._buf[used:end] = bytes(end - used)
-            self.io.pwritev_all(fd, [self._buf[:end]], offset)
+            self.write_prepared(fd, used, offset)
 
     def _put(self, fd: int, b, n: int, used: int, offset: int) -> tuple[int, int]:
         """``b`` (``n`` bytes) into the buffer after its first ``used`` bytes;
