@@ -103,6 +103,12 @@ _EXTENTS_IN = """SELECT p_start, p_end, addr FROM extent WHERE map_id = ?1 AND p
     AND p_start < ?3 ORDER BY p_start"""
 
 
+def _extent_rows(map_id: int, extents: ExtentMap) -> list[list[int]]:
+    """The ``extent`` table's rows of a map, built by numpy (no Python step per row)."""
+    ids = np.full(len(extents), map_id, dtype=np.int64)
+    return np.column_stack((ids, extents.starts, extents.ends, extents.addrs)).tolist()
+
+
 class Catalog:
     def __init__(self, path: str):
         self.path = path
@@ -202,9 +208,6 @@ class Catalog:
         unbookmarks: list[str] = (),
     ) -> MapInfo:
         """Insert one map with its extents (and what closed with it) atomically."""
-        rows = zip(
-            extents.starts.tolist(), extents.ends.tolist(), extents.addrs.tolist(), strict=True
-        )
         with self._lock:
             c = self.conn
             c.execute("BEGIN IMMEDIATE")
@@ -230,7 +233,7 @@ class Catalog:
                 map_id = cur.lastrowid
                 c.executemany(
                     "INSERT INTO extent (map_id, p_start, p_end, addr) VALUES (?, ?, ?, ?)",
-                    ((map_id, s, e, a) for s, e, a in rows),
+                    _extent_rows(map_id, extents),
                 )
                 c.executemany(
                     "INSERT OR REPLACE INTO bookmark (name, seq, time_ns) VALUES (?, ?, ?)",
@@ -406,12 +409,7 @@ class Catalog:
                 map_id = cur.lastrowid
                 c.executemany(
                     "INSERT INTO extent (map_id, p_start, p_end, addr) VALUES (?, ?, ?, ?)",
-                    (
-                        (map_id, a, b, d)
-                        for a, b, d in zip(
-                            em.starts.tolist(), em.ends.tolist(), em.addrs.tolist(), strict=True
-                        )
-                    ),
+                    _extent_rows(map_id, em),
                 )
             for k, map_id in enumerate(keep_ids):
                 c.execute("UPDATE delta_map SET idx = ? WHERE id = ?", (len(coarse) + k, map_id))

@@ -318,9 +318,11 @@ class Journal(JournalReader):
             or len(writes[0][1]) > WRITE_RUN_MAX_PAYLOAD  # large records: no need to look further
         ):
             return None
-        if not self._io_lock.acquire(blocking=False):
+        if self._pending or not self._io_lock.acquire(blocking=False):
             return None
         try:
+            if self._pending or self._failed:  # (checked again below, under the mutex)
+                return None
             # Zeros ahead first: they go out through the same buffer.
             upto = min(self._pos + segfile.CHUNK, self.segment_size)
             if self._segno == self._wsegno and upto > self._zeroed < self.segment_size:

@@ -15,17 +15,21 @@
   a closed prefix of ``n`` maps is tiled by at most 7 maps per level
   (:meth:`decompose`), so opening a point costs about the same with 10 or
   100,000 delta maps.  Merged maps are built in the background; until one
-  exists the lower level serves.
+  exists the lower level serves.  A merge takes its children's extents from
+  memory when this engine built them (levels 0 and 1), else from the catalog:
+  the same extents either way, kept only until merged.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import operator
 import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import structlog
 
 from . import record as R
@@ -37,18 +41,52 @@ from .journal import Journal, Rec
 log = structlog.get_logger("cdp.mapengine")
 
 FANOUT = 8
+# Maps below this level keep their extents in memory until merged (at most
+# 2 * (FANOUT - 1) maps of at most FANOUT * map_records extents).
+UNMERGED_LEVELS = 2
 
 
 def records_to_map(recs: list[Rec]) -> ExtentMap:
-    data = []
-    for r in recs:
-        if r.kind == R.WRITE:
-            data.append((r.offset, r.length, r.payload_addr))
-        elif r.kind == R.ZERO and r.length:
-            data.append((r.offset, r.length, ZERO))
-        elif r.kind == R.REF:
-            data.extend((a, b - a, addr) for a, b, addr in r.refs)
-    return ExtentMap.from_records(data)
+    """The records' extents flattened newest-wins (:func:`record_columns` for
+    the per-record work)."""
+    return _columns_map(record_columns(recs), recs)
+
+
+# One C call per record instead of a Python step per attribute (the map engine
+# shares the ring thread's CPUs: under emulation its loops per record cost as
+# much as a small write's journal record).
+_FIELDS = operator.attrgetter("kind", "flags", "offset", "length", "addr", "payload_len", "seq")
+_KIND, _FLAGS, _OFFSET, _LENGTH, _ADDR, _PLEN, _SEQ = range(7)
+
+
+def record_columns(recs: list[Rec]) -> np.ndarray:
+    """``(n, 7)`` int64: kind, flags, offset, length, addr, payload_len, seq per record."""
+    if not recs:
+        return np.zeros((0, 7), dtype=np.int64)
+    return np.array(list(map(_FIELDS, recs)), dtype=np.int64)
+
+
+def _columns_map(cols: np.ndarray, recs: list[Rec]) -> ExtentMap:
+    """Extents of WRITE and ZERO records from their columns; a REF record
+    (restore) brings the extents listed in its payload, in its place."""
+    parts, start = [], 0
+    for i in np.flatnonzero(cols[:, _KIND] == R.REF).tolist():
+        parts.append(_plain_extents(cols[start:i]))
+        ref = np.array(recs[i].refs, dtype=np.int64).reshape(-1, 3)
+        parts.append(np.column_stack((ref[:, 0], ref[:, 1] - ref[:, 0], ref[:, 2])))
+        start = i + 1
+    parts.append(_plain_extents(cols[start:]))
+    return ExtentMap.from_records(parts[0] if len(parts) == 1 else np.concatenate(parts))
+
+
+def _plain_extents(cols: np.ndarray) -> np.ndarray:
+    """``(start, length, addr)`` rows of the WRITE and non-empty ZERO records."""
+    kind, length = cols[:, _KIND], cols[:, _LENGTH]
+    keep = (kind == R.WRITE) | ((kind == R.ZERO) & (length > 0))
+    if not keep.all():
+        cols, kind = cols[keep], kind[keep]
+    addrs = np.where(kind == R.WRITE, cols[:, _ADDR] + R.RECORD_HEADER_SIZE, ZERO)
+    return np.column_stack((cols[:, _OFFSET], cols[:, _LENGTH], addrs))
 
 
 @dataclass
@@ -102,6 +140,9 @@ class MapEngine:
         # merged map, retention's swap.
         self.structure_lock = threading.RLock()
         self.generation = 0  # bumped by every retention swap
+        # The extents of level-0 and level-1 maps this engine built and has not
+        # merged yet, by map id: the merge that takes them needs no catalog read.
+        self._unmerged: dict[int, ExtentMap] = {}
         self.oldest_seq = 0  # points before it were faded out by retention
 
     # ------------------------------------------------------------ state
@@ -258,29 +299,35 @@ class MapEngine:
 
     def build_level0(self, recs: list[Rec]) -> MapInfo:
         """Write one level-0 map for ``recs`` (also used by catalog rebuild)."""
-        extents = records_to_map(recs)
+        cols = record_columns(recs)
+        extents = _columns_map(cols, recs)
         idx = len(self.level0)
-        bms = [(r.name, r.seq, r.time_ns) for r in recs if r.kind == R.BOOKMARK]
-        unbms = [r.name for r in recs if r.kind == R.UNBOOKMARK]
-        done = next((r for r in recs if r.kind == R.BASELINE_DONE), None)
+        kind, flags = cols[:, _KIND], cols[:, _FLAGS]
+        bms, unbms, done = [], [], None
+        for i in np.flatnonzero((kind != R.WRITE) & (kind != R.ZERO) & (kind != R.REF)).tolist():
+            r = recs[i]
+            if r.kind == R.BOOKMARK:
+                bms.append((r.name, r.seq, r.time_ns))
+            elif r.kind == R.UNBOOKMARK:
+                unbms.append(r.name)
+            elif r.kind == R.BASELINE_DONE and done is None:
+                done = r
         meta = {}
         if done is not None:
             meta["baseline_done_time_ns"] = str(done.time_ns)
-        bl_end = max(
-            (
-                r.offset + r.length
-                for r in recs
-                if r.flags & R.FLAG_BASELINE and r.kind in R.DATA_KINDS
-            ),
-            default=0,
-        )
+        base = ((flags & R.FLAG_BASELINE) != 0) & np.isin(kind, R.DATA_KINDS)
+        bl_end = int((cols[base, _OFFSET] + cols[base, _LENGTH]).max()) if base.any() else 0
         if bl_end:
             meta["baseline_end"] = str(bl_end)
-        segs: dict[int, list[int]] = {}
-        for r in recs:
-            s = segs.setdefault(r.addr >> 32, [r.seq, r.seq, 0])
-            s[1] = r.seq
-            s[2] = max(s[2], r.end_addr & 0xFFFFFFFF)
+        # Records are in journal order: each segment's are one stretch.
+        segno = cols[:, _ADDR] >> 32
+        ends = (cols[:, _ADDR] & 0xFFFFFFFF) + R.RECORD_HEADER_SIZE + cols[:, _PLEN]
+        firsts = np.flatnonzero(np.diff(segno, prepend=-1))
+        lasts = np.append(firsts[1:], len(recs)) - 1
+        segments = list(zip(
+            segno[firsts].tolist(), cols[firsts, _SEQ].tolist(), cols[lasts, _SEQ].tolist(),
+            np.maximum.reduceat(ends, firsts).tolist(), strict=True,
+        ))  # fmt: skip
         info = self.catalog.add_map(
             0,
             idx,
@@ -295,12 +342,13 @@ class MapEngine:
             records=len(recs),
             bookmarks=bms,
             baseline_done_seq=done.seq if done is not None else None,
-            segments=[(k, *v) for k, v in segs.items()],
+            segments=segments,
             meta=meta,
             unbookmarks=unbms,
         )
         with self._lock:
             self._append_level0(info)
+        self._unmerged[info.id] = extents
         return info
 
     def _append_level0(self, info: MapInfo) -> None:
@@ -332,7 +380,13 @@ class MapEngine:
 
     def _build_merged_locked(self, level: int, idx: int) -> None:
         children = [self._map_at(level - 1, idx * FANOUT + k) for k in range(FANOUT)]
-        merged = ExtentMap.merge([self.catalog.load_map(c.id) for c in children])
+        kept = [self._unmerged.pop(c.id, None) for c in children]
+        merged = ExtentMap.merge(
+            [
+                m if m is not None else self.catalog.load_map(c.id)
+                for c, m in zip(children, kept, strict=True)
+            ]
+        )
         info = self.catalog.add_map(
             level,
             idx,
@@ -345,6 +399,8 @@ class MapEngine:
         )
         with self._lock:
             self.merged[(level, idx)] = info
+        if level < UNMERGED_LEVELS:
+            self._unmerged[info.id] = merged
 
     def _map_at(self, level: int, idx: int) -> MapInfo:
         return self.level0[idx] if level == 0 else self.merged[(level, idx)]
@@ -484,6 +540,7 @@ class MapEngine:
             for info in new_level0:
                 self._append_level0(info)
             self.merged = {}
+            self._unmerged.clear()
             for name in drop_bookmarks:
                 self.bookmarks.pop(name, None)
             self.oldest_seq = oldest_seq
@@ -513,5 +570,6 @@ class MapEngine:
             c.execute("UPDATE volume SET baseline_done_seq = ?", (head["baseline_done_seq"],))
         self.level0, self._l0_last_seq, self._l0_last_time = [], [], []
         self.merged = {}
+        self._unmerged.clear()
         self.load()
         assert [m.id for m in self.level0] == [m.id for m in infos]

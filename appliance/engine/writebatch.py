@@ -63,9 +63,9 @@ class BatchWrites:
         bs, size, most = self.block_size, self.size, R.MAX_PAYLOAD
         for i, (offset, data) in enumerate(items):
             length = len(data)
-            payload = data if data.__class__ is bytes else bytes(data)
             # The common case in one expression (a step per write counts under
             # emulation); anything else takes the checks that name the error.
+            # The copy (of a payload that is not bytes) comes after the checks.
             if (
                 offset.__class__ is int
                 and 0 < length <= most
@@ -73,11 +73,12 @@ class BatchWrites:
                 and offset + length <= size
                 and not (offset % bs or length % bs)
             ):
-                pieces.append((offset, payload, i))
+                pieces.append((offset, data if data.__class__ is bytes else bytes(data), i))
                 continue
             self._check_range(offset, length)
             if length == 0:
                 raise InvalidRange("length 0: nothing to write")
+            payload = data if data.__class__ is bytes else bytes(data)
             if length <= most:
                 pieces.append((offset, payload, i))
             else:

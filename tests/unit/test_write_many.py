@@ -120,6 +120,26 @@ def test_a_bad_item_refuses_the_whole_call(tmp_path):
         vol.close()
 
 
+class NoBuffer:
+    """A payload that has a length but that ``bytes()`` cannot copy."""
+
+    def __len__(self) -> int:
+        return BS
+
+
+def test_an_item_is_range_checked_before_its_payload_is_copied(tmp_path):
+    vol = make_volume(tmp_path)
+    try:
+        last = vol.last_seq
+        with pytest.raises(InvalidRange):  # not bytes()'s TypeError
+            vol.write_many([(0, pattern(2, BS)), (vol.size, NoBuffer())])
+        with pytest.raises(TypeError):  # in range: the copy is what fails
+            vol.write_many([(0, NoBuffer())])
+        assert vol.last_seq == last and vol._drl._pins == {}
+    finally:
+        vol.close()
+
+
 def test_items_above_the_record_limit_are_split(tmp_path):
     vol = make_volume(tmp_path, size=20 << 20, segment_size=32 << 20)
     try:

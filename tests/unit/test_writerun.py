@@ -180,6 +180,25 @@ def test_write_run_steps_aside_when_something_could_come_between(tmp_path):
     assert [r.seq for r in found] == [first.seq, later[0].seq]
 
 
+def test_write_run_stepping_aside_writes_no_zeros(tmp_path):
+    """With records pending, write_run returns before it writes anything,
+    the zeros ahead included (the pending path writes them when needed)."""
+    io = WriteLog()
+    j = open_journal(tmp_path, io)
+    try:
+        with j.batch():
+            j.append(R.WRITE, 0, 512, pattern(0, 512))
+            zeroed, io.writes[:] = j._zeroed, []
+            j._zeroed = j._pos  # as if the zeros ahead were used up
+            assert j.write_run([(512, pattern(1, 512))]) is None
+            assert io.writes == [] and j._zeroed == j._pos
+            j._zeroed = zeroed
+        j.sync()
+    finally:
+        j.close()
+    assert [r.offset for r in scan(j).records] == [0]
+
+
 def test_write_run_then_rollover_and_every_block_written_once(tmp_path):
     io = WriteLog()
     j = open_journal(tmp_path, io)  # 1 MiB segments
