@@ -41,9 +41,11 @@ from .journal import Journal, Rec
 log = structlog.get_logger("cdp.mapengine")
 
 FANOUT = 8
-# Maps below this level keep their extents in memory until merged (at most
-# 2 * (FANOUT - 1) maps of at most FANOUT * map_records extents).
+# Maps below this level keep their extents in memory until merged: at most
+# UNMERGED_MAPS maps (FANOUT level-0 maps and FANOUT - 1 level-1 maps wait at
+# most), of at most FANOUT * map_records extents.
 UNMERGED_LEVELS = 2
+UNMERGED_MAPS = 2 * FANOUT
 
 
 def records_to_map(recs: list[Rec]) -> ExtentMap:
@@ -348,8 +350,15 @@ class MapEngine:
         )
         with self._lock:
             self._append_level0(info)
-        self._unmerged[info.id] = extents
+        self._keep_unmerged(info.id, extents)
         return info
+
+    def _keep_unmerged(self, map_id: int, extents: ExtentMap) -> None:
+        """Keep a new map's extents for the merge that will take them.  Bounded:
+        a replay at open builds many level-0 maps before the first merge runs."""
+        self._unmerged[map_id] = extents
+        while len(self._unmerged) > UNMERGED_MAPS:
+            del self._unmerged[next(iter(self._unmerged))]  # the oldest: read back if needed
 
     def _append_level0(self, info: MapInfo) -> None:
         self.level0.append(info)
@@ -400,7 +409,7 @@ class MapEngine:
         with self._lock:
             self.merged[(level, idx)] = info
         if level < UNMERGED_LEVELS:
-            self._unmerged[info.id] = merged
+            self._keep_unmerged(info.id, merged)
 
     def _map_at(self, level: int, idx: int) -> MapInfo:
         return self.level0[idx] if level == 0 else self.merged[(level, idx)]

@@ -101,8 +101,9 @@ class Protection:
     def _on_durable(self, recs) -> None:
         """From the journal's syncer: records durable in the journal now."""
         self._maps.add(recs)
+        data, no_pin = R.DATA_KINDS, R.FLAG_BASELINE | R.FLAG_FIXUP  # _pins_drl, inlined
         self._drl.unpin_many(
-            [(r.offset, r.length) for r in recs if r.kind in R.DATA_KINDS and _pins_drl(r.flags)]
+            [(r.offset, r.length) for r in recs if r.kind in data and not r.flags & no_pin]
         )
 
     # ------------------------------------------------------------ open

@@ -243,3 +243,23 @@ def test_a_retention_swap_drops_the_kept_extents(tmp_path):
         me.swap_chain(list(me.level0), [], me.oldest_seq)
     assert not me._unmerged
     vol.close()
+
+
+def test_the_kept_extents_are_bounded_when_a_replay_builds_many_maps(tmp_path):
+    """A catalog rebuilt at open builds a level-0 map per map_records records
+    before the first merge runs: only the newest UNMERGED_MAPS are kept, and
+    the merges that follow read the others from the catalog."""
+    cat = Catalog(str(tmp_path / "catalog.db"))
+    me = mapengine.MapEngine(cat, journal=None, map_records=2)
+    recs, addr = [], 4096
+    for seq in range(1, 2 * 8 * 8 + 1):
+        recs.append(Rec(seq, seq, R.WRITE, 0, (seq % 16) * 512, 512, addr, 512))
+        addr += R.RECORD_HEADER_SIZE + 512
+    me.replay(recs)
+    assert len(me.level0) == 64 and not me.merged
+    assert len(me._unmerged) == mapengine.UNMERGED_MAPS
+    assert list(me._unmerged) == [m.id for m in me.level0[-mapengine.UNMERGED_MAPS :]]
+    me._merge_ready()
+    assert len(me._unmerged) <= mapengine.UNMERGED_MAPS
+    top = cat.load_map(me.merged[(2, 0)].id)
+    assert top == ExtentMap.merge([cat.load_map(m.id) for m in me.level0])
