@@ -318,7 +318,7 @@ class Journal(JournalReader):
             or len(writes[0][1]) > WRITE_RUN_MAX_PAYLOAD  # large records: no need to look further
         ):
             return None
-        if self._pending or not self._io_lock.acquire(blocking=False):
+        if not self._io_lock.acquire(blocking=False):
             return None
         try:
             if self._pending or self._failed:  # (checked again below, under the mutex)

@@ -305,8 +305,9 @@ class MapEngine:
         extents = _columns_map(cols, recs)
         idx = len(self.level0)
         kind, flags = cols[:, _KIND], cols[:, _FLAGS]
+        data = np.isin(kind, R.DATA_KINDS)
         bms, unbms, done = [], [], None
-        for i in np.flatnonzero((kind != R.WRITE) & (kind != R.ZERO) & (kind != R.REF)).tolist():
+        for i in np.flatnonzero(~data).tolist():
             r = recs[i]
             if r.kind == R.BOOKMARK:
                 bms.append((r.name, r.seq, r.time_ns))
@@ -317,7 +318,7 @@ class MapEngine:
         meta = {}
         if done is not None:
             meta["baseline_done_time_ns"] = str(done.time_ns)
-        base = ((flags & R.FLAG_BASELINE) != 0) & np.isin(kind, R.DATA_KINDS)
+        base = ((flags & R.FLAG_BASELINE) != 0) & data
         bl_end = int((cols[base, _OFFSET] + cols[base, _LENGTH]).max()) if base.any() else 0
         if bl_end:
             meta["baseline_end"] = str(bl_end)
