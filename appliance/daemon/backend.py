@@ -105,10 +105,10 @@ class VolumeBackend:
         self.size = volume.size
         self.block_size = volume.block_size
 
-    def batch(self):
+    def batch(self, *, late: bool = False):
         """Writes inside have their journal records written when it ends, by
         the calling thread (``ProtectedVolume.batch``)."""
-        return self.volume.batch()
+        return self.volume.batch(late=late)
 
     # read and write: every SCSI READ and WRITE comes here, so a plain
     # try/except (free when nothing is raised) instead of engine_errors.

@@ -39,6 +39,7 @@ discards their status.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import threading
@@ -123,6 +124,15 @@ class DeviceStats:
     by_status: dict[int, int] = field(default_factory=dict)
 
 
+def _late_batch(backend):
+    """What ``_loop_writes`` opens per run: the backend's late journal batch
+    (``batch(late=True)``), or nothing for a backend that does not journal."""
+    batch = getattr(backend, "batch", None)
+    if batch is None:
+        return contextlib.nullcontext
+    return functools.partial(batch, late=True)
+
+
 def _runs_inline(cdb: bytes, write_cache: bool = True) -> bool:
     """On the ring thread?  A write only when it need not wait for a disk: no
     FUA bit, and the write cache on (with WCE=0 every write is FUA)."""
@@ -179,6 +189,7 @@ class TcmuDevice:
         self._log = log.bind(device=name)
         # Backends that journal (VolumeBackend) group a poll's writes.
         self._batch = getattr(scsi.backend, "batch", None) or contextlib.nullcontext
+        self._late_batch = _late_batch(scsi.backend)
         # Plain READ/WRITE answered by the compiled fast path (fastpath.py),
         # where they would run on the ring thread anyway.
         self._fast = self._inline and fastpath.AVAILABLE and hasattr(scsi.backend, "direct_read_fd")
@@ -295,11 +306,20 @@ class TcmuDevice:
         fd = scsi.backend.direct_read_fd()
         return -1 if fd is None else fd, scsi.write_cache and not scsi.read_only
 
-    def _loop_writes(self, writes: list[tuple[int, int, bytes]]) -> None:
+    def _loop_writes(self, writes: list[tuple[int, int, bytes]]):
         """A run of writes the compiled loop took: through the engine in one
-        journal batch, before the loop publishes their answers."""
-        with self._batch():
+        late journal batch (``ProtectedVolume.batch``), before the loop
+        publishes their answers.  Returns the batch's end, which the loop
+        calls once it published them: the run's journal records are written
+        then (a write without FUA is durable at the next flush)."""
+        batch = self._late_batch()
+        batch.__enter__()
+        try:
             self._fast_writes(FastWrites(self.ring.generation, writes))
+        except BaseException:
+            batch.__exit__(None, None, None)
+            raise
+        return getattr(batch, "end", None)
 
     def _serve_fast(self) -> None:
         """One turn of the compiled loop on the idle ring (what it answers

@@ -41,6 +41,9 @@
 #define KIND_WRITE 1u
 #define KIND_PAD 6u
 #define VERSION 2u
+#define PACK_ALL 0   /* pack_writes' modes */
+#define PLAN 1
+#define PACK_BYTES 2
 
 static inline void put16(uint8_t *p, uint16_t v)
 {
@@ -133,7 +136,7 @@ static void release_views(Py_buffer *views, Py_ssize_t n)
 
 PyDoc_STRVAR(pack_writes_doc,
 "pack_writes(buf, used, pos, items, seq, time_ns, segno, vtag, align, limit, most, crc,\n"
-"            rec)\n"
+"            rec, mode=PACK_ALL)\n"
 "\n"
 "The WRITE records of ``items`` ((offset, payload) pairs, payloads of at\n"
 "most 8 MiB) into the writable buffer ``buf`` from byte ``used`` on, as the\n"
@@ -148,7 +151,12 @@ PyDoc_STRVAR(pack_writes_doc,
 "Returns (used, pos, recs): the buffer and segment offsets past what was\n"
 "packed (PAD included) and the Recs; or None, with nothing packed, when the\n"
 "records would pass ``limit`` or the buffer's end, or a payload is larger\n"
-"than ``most`` bytes.");
+"than ``most`` bytes.\n"
+"\n"
+"``mode``: PACK_ALL (0) as above; PLAN (1) decides and makes the Recs but\n"
+"writes nothing into ``buf`` and computes no CRC; PACK_BYTES (2) packs but\n"
+"makes no Recs (recs is None).  PLAN, then PACK_BYTES with the same\n"
+"arguments, is PACK_ALL in two steps (Journal.write_run in a late batch).");
 
 static PyObject *pack_writes(PyObject *self, PyObject *args)
 {
@@ -158,8 +166,9 @@ static PyObject *pack_writes(PyObject *self, PyObject *args)
     unsigned long segno;
     PyObject *items, *crc, *rec;
     Py_buffer vtag;
-    if (!PyArg_ParseTuple(args, "w*nKO!KKky*KKKOO", &buf, &used, &pos, &PyList_Type, &items, &seq,
-                          &time_ns, &segno, &vtag, &align, &limit, &most, &crc, &rec))
+    int mode = PACK_ALL;
+    if (!PyArg_ParseTuple(args, "w*nKO!KKky*KKKOO|i", &buf, &used, &pos, &PyList_Type, &items,
+                          &seq, &time_ns, &segno, &vtag, &align, &limit, &most, &crc, &rec, &mode))
         return NULL;
     PyObject *result = NULL, *recs = NULL;
     Py_buffer *views = NULL;
@@ -172,6 +181,11 @@ static PyObject *pack_writes(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "used outside the buffer");
         goto out;
     }
+    if (mode != PACK_ALL && mode != PLAN && mode != PACK_BYTES) {
+        PyErr_SetString(PyExc_ValueError, "mode must be PACK_ALL, PLAN or PACK_BYTES");
+        goto out;
+    }
+    int bytes_too = mode != PLAN, recs_too = mode != PACK_BYTES;
     views = PyMem_Calloc(n ? n : 1, sizeof(Py_buffer));
     if (views == NULL) {
         PyErr_NoMemory();
@@ -213,36 +227,40 @@ static PyObject *pack_writes(PyObject *self, PyObject *args)
         Py_INCREF(result);
         goto free_offs;
     }
-    recs = PyList_New(n);
-    if (recs == NULL)
+    if (recs_too && (recs = PyList_New(n)) == NULL)
         goto free_offs;
     /* Pass 2: the records. */
     uint8_t *p = (uint8_t *)buf.buf + used;
     unsigned long long at = pos;
     for (Py_ssize_t i = 0; i < n; i++) {
         uint32_t plen = (uint32_t)views[i].len;
-        int64_t pcrc = 0;
-        if (plen) {
-            pcrc = call_crc(crc, PyTuple_GET_ITEM(PyList_GET_ITEM(items, i), 1), 0);
-            if (pcrc < 0)
+        if (bytes_too) {
+            int64_t pcrc = 0;
+            if (plen) {
+                pcrc = call_crc(crc, PyTuple_GET_ITEM(PyList_GET_ITEM(items, i), 1), 0);
+                if (pcrc < 0)
+                    goto free_offs;
+            }
+            header(p, KIND_WRITE, seq + i, time_ns, offs[i], plen, plen, (uint32_t)segno,
+                   vtag.buf);
+            int64_t hcrc = crc_at(crc, p, 60, (uint32_t)pcrc);
+            if (hcrc < 0)
                 goto free_offs;
+            put32(p + 60, (uint32_t)hcrc);
+            memcpy(p + HEADER, views[i].buf, plen);
         }
-        header(p, KIND_WRITE, seq + i, time_ns, offs[i], plen, plen, (uint32_t)segno, vtag.buf);
-        int64_t hcrc = crc_at(crc, p, 60, (uint32_t)pcrc);
-        if (hcrc < 0)
-            goto free_offs;
-        put32(p + 60, (uint32_t)hcrc);
-        memcpy(p + HEADER, views[i].buf, plen);
-        PyObject *r = PyObject_CallFunction(rec, "KKIIKKKI", seq + i, time_ns, KIND_WRITE, 0u,
-                                            offs[i], (unsigned long long)plen,
-                                            ((unsigned long long)segno << 32) | at, plen);
-        if (r == NULL)
-            goto free_offs;
-        PyList_SET_ITEM(recs, i, r);
+        if (recs_too) {
+            PyObject *r = PyObject_CallFunction(rec, "KKIIKKKI", seq + i, time_ns, KIND_WRITE, 0u,
+                                                offs[i], (unsigned long long)plen,
+                                                ((unsigned long long)segno << 32) | at, plen);
+            if (r == NULL)
+                goto free_offs;
+            PyList_SET_ITEM(recs, i, r);
+        }
         p += HEADER + plen;
         at += HEADER + plen;
     }
-    if (gap) {
+    if (gap && bytes_too) {
         uint32_t plen = (uint32_t)(gap - HEADER);
         memset(p + HEADER, 0, plen);
         int64_t pcrc = plen ? crc_at(crc, p + HEADER, plen, 0) : 0;
@@ -254,9 +272,9 @@ static PyObject *pack_writes(PyObject *self, PyObject *args)
         if (hcrc < 0)
             goto free_offs;
         put32(p + 60, (uint32_t)hcrc);
-        at += gap;
     }
-    result = Py_BuildValue("nKO", used + (Py_ssize_t)(total + gap), at, recs);
+    at += gap;
+    result = Py_BuildValue("nKO", used + (Py_ssize_t)(total + gap), at, recs ? recs : Py_None);
 free_offs:
     PyMem_Free(offs);
 out:
@@ -372,5 +390,14 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__writerun(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "PACK_ALL", PACK_ALL) < 0 ||
+        PyModule_AddIntConstant(m, "PLAN", PLAN) < 0 ||
+        PyModule_AddIntConstant(m, "PACK_BYTES", PACK_BYTES) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

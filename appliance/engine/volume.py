@@ -455,15 +455,21 @@ class ProtectedVolume(Protection, BatchWrites, PointsInTime):
         ]
         return self._host_write(pieces, R.WRITE, fua)
 
-    def batch(self):
+    def batch(self, *, late: bool = False):
         """Context manager: the journal records of the writes made inside are
         written by the calling thread when it ends (one ``pwritev``), not
         handed to the writer thread.  The handler's ring thread wraps every
-        ring poll in one; acknowledgement rules are unchanged (W4)."""
-        return self._journal.batch()
+        ring poll in one; acknowledgement rules are unchanged (W4).
+
+        ``late`` (``Journal.batch``): a ``write_many`` inside appends its
+        records but writes them at the batch's ``end()``; the caller may
+        answer the writes in between, and must do nothing else: its next
+        host write writes them first."""
+        return self._journal.batch(late=late)
 
     def _host_write(self, pieces, kind: int, fua: bool) -> int | None:
         """W2-W4 of the module docstring ([0049]: the DRL first)."""
+        self._journal.settle()  # a late batch's run, before the order lock
         if self._primary_failed is not None:
             raise self._primary_failed
         pinned = not self._oos

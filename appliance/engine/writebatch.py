@@ -13,7 +13,9 @@ W3. one order-lock acquisition holds every item's range at once
     the primary writes run in run order, then one journal append
     (``Journal.write_run``, or ``Journal.append_many`` when the journal
     cannot write at once) queues their records, in the same order, with
-    consecutive sequence numbers;
+    consecutive sequence numbers (in a late batch, the handler's compiled
+    loop, ``write_run`` lays them out and the batch's end writes them, after
+    the caller answered: ``Journal.batch``);
 W4. every item's sequence number is returned.
 
 Towards everything else the run is that many ``write()`` calls in a row:
@@ -92,6 +94,9 @@ class BatchWrites:
 
     def _host_write_many(self, pieces) -> tuple[list[int | None], Exception | None]:
         """W2-W4 for a run of write pieces (the module docstring)."""
+        journal = self._journal
+        if journal._late is not None:
+            journal.settle()  # a late batch's run, before the order lock
         if self._primary_failed is not None:
             return [], self._primary_failed
         drl = self._drl

@@ -548,12 +548,15 @@ PyDoc_STRVAR(serve_doc,
 "whether plain writes may go this way (write cache on, writable LUN).\n"
 "``on_writes(writes)`` runs a run of writes ((slot, offset, payload) each,\n"
 "answered GOOD in their slots) through the engine before the run is\n"
-"published, rewriting the answer of any write that failed; ``kick`` is the\n"
+"published, rewriting the answer of any write that failed; a callable it\n"
+"returns is called, without arguments, once the run is published and kicked\n"
+"(even if the kick failed); ``kick`` is the\n"
 "uio fd to write to, or a callable.  Returns why it stopped (SERVE_*), the\n"
 "new tail (also stored in the mailbox), the commands answered GOOD (or as\n"
 "on_writes rewrote them), those answered BUSY because on_writes raised,\n"
 "the kicks made, an errno for SERVE_ERROR and the exception for\n"
-"SERVE_EXCEPTION (raised by state(), on_writes() or kick(); the runs\n"
+"SERVE_EXCEPTION (raised by state(), on_writes(), kick() or what\n"
+"on_writes() returned, the first of them; the runs\n"
 "before it stay published).  The GIL is released while it waits, reads\n"
 "and kicks.");
 
@@ -616,6 +619,7 @@ static PyObject *serve(PyObject *self, PyObject *args)
             if (r.end == tail)
                 break; /* not a fast entry: the Python path */
             PyObject *etype = NULL, *evalue = NULL, *etb = NULL; /* on_writes() raised */
+            PyObject *then = NULL; /* what on_writes() left to do once published */
             if (r.writes != NULL) {
                 /* The engine writes them (and rewrites the answer of any it
                  * refuses) before the tail passes them.  If it raises, which
@@ -623,7 +627,8 @@ static PyObject *serve(PyObject *self, PyObject *args)
                  * not acknowledged, the initiator sends it again (the
                  * entries cannot be parsed again: the answers overwrote
                  * the requests).  The slots are the scan's own record, not
-                 * the list the callback saw. */
+                 * the list the callback saw.  A callable it returns is
+                 * called once the answers are published and kicked. */
                 PyObject *ok = PyObject_CallOneArg(on_writes, r.writes);
                 if (ok == NULL) {
                     PyErr_Fetch(&etype, &evalue, &etb);
@@ -632,6 +637,9 @@ static PyObject *serve(PyObject *self, PyObject *args)
                         c.map[r.wslots[i] + 8] = STATUS_BUSY;
                     }
                     busy += r.count;
+                } else if (ok != Py_None && PyCallable_Check(ok)) {
+                    then = ok;
+                    ok = NULL;
                 }
                 Py_XDECREF(ok);
                 Py_DECREF(r.writes);
@@ -640,6 +648,8 @@ static PyObject *serve(PyObject *self, PyObject *args)
             tail = r.end % cmdr_size;
             /* One aligned 4-byte store after every response byte. */
             __atomic_store_n(tail_p, (uint32_t)tail, __ATOMIC_RELEASE);
+            int kick_errno = 0;
+            PyObject *ktype = NULL, *kvalue = NULL, *ktb = NULL; /* kick() or then() raised */
             if (r.count) {
                 if (etype == NULL) /* (BUSY answers are counted apart) */
                     served += r.count;
@@ -652,22 +662,44 @@ static PyObject *serve(PyObject *self, PyObject *args)
                         k = write(kick_fd, &one, sizeof one);
                     while (k < 0 && errno == EINTR);
                     Py_END_ALLOW_THREADS
-                    if (k < 0 && etype == NULL) {
-                        err = errno;
-                        reason = SERVE_ERROR;
-                        break;
-                    }
+                    if (k < 0)
+                        kick_errno = errno;
                 } else {
                     PyObject *k = PyObject_CallNoArgs(kick);
-                    if (k == NULL && etype == NULL)
-                        goto failed;
                     if (k == NULL)
-                        PyErr_Clear(); /* on_writes()'s exception is the one to report */
+                        PyErr_Fetch(&ktype, &kvalue, &ktb);
                     Py_XDECREF(k);
                 }
             }
+            if (then != NULL) { /* always, even after a failed kick */
+                PyObject *t = PyObject_CallNoArgs(then);
+                Py_DECREF(then);
+                if (t == NULL) {
+                    if (ktype == NULL)
+                        PyErr_Fetch(&ktype, &kvalue, &ktb);
+                    else
+                        PyErr_Clear();
+                }
+                Py_XDECREF(t);
+            }
+            /* The first failure is the one to report: on_writes(), the kick, then(). */
             if (etype != NULL) {
+                Py_XDECREF(ktype);
+                Py_XDECREF(kvalue);
+                Py_XDECREF(ktb);
                 PyErr_Restore(etype, evalue, etb);
+                goto failed;
+            }
+            if (kick_errno) {
+                Py_XDECREF(ktype);
+                Py_XDECREF(kvalue);
+                Py_XDECREF(ktb);
+                err = kick_errno;
+                reason = SERVE_ERROR;
+                break;
+            }
+            if (ktype != NULL) {
+                PyErr_Restore(ktype, kvalue, ktb);
                 goto failed;
             }
             continue; /* more may have come meanwhile */

@@ -94,7 +94,8 @@ def server(
     LUN); ``on_writes``: called with each run of such writes, ``(slot,
     offset, payload)`` each and answered GOOD in their slots, to run them
     through the engine (rewriting the answer of any that fails) before the
-    loop publishes them; ``uio_fd``: waited on for the kernel's event;
+    loop publishes them; a callable it returns is called once they are
+    published and kicked (the journal's late batch); ``uio_fd``: waited on for the kernel's event;
     ``wake_fd``: an eventfd that ends the wait (left readable); ``kick``: the
     uio fd to write to, or a callable; ``timeout_ms``: the longest wait.
     None without the extension.

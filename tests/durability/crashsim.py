@@ -174,8 +174,12 @@ class Workload:
                     batch.close()  # the ring thread's poll ends before any stop
                 elif not left and kind not in ("reopen", "kill") and self.rng.random() < 0.3:
                     left = self.rng.randint(1, 8)
-                    batch.enter_context(self.vol.batch())
-                    run.trace.append(f"batch of up to {left} ops")
+                    # With runs, half the batches are late ones (the handler's
+                    # compiled loop): a run's records are written at the
+                    # batch's end, or at the next journal call or host write.
+                    late = self.write_runs and self.rng.random() < 0.5
+                    batch.enter_context(self.vol.batch(late=late))
+                    run.trace.append(f"{'late ' if late else ''}batch of up to {left} ops")
                 self.step(kind)
                 if left:
                     left -= 1

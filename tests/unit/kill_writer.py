@@ -3,6 +3,8 @@
 Usage: python -m tests.unit.kill_writer MODE DIR POINT N
 
 MODE ``writes``: random writes and flushes; killed at the N-th hit of POINT.
+MODE ``late``: the same, as the handler's runs: ``write_many`` in a late
+journal batch (its records written at the batch's end, after the answers).
 MODE ``rebaseline`` / ``resync``: a chain of writes, two lost writes on the
 primary, then the procedure; killed at the N-th hit of POINT.
 """
@@ -45,6 +47,19 @@ def main() -> None:
         drl_reset_interval=reset,
     )
     rnd = random.Random(n)
+    if mode == "late":
+        faults.set_point(point, killer(n))
+        for i in range(2_000):
+            run = [(rnd.randrange(0, SIZE // 4096) * 4096, pattern(i * 8 + k, 4096))
+                   for k in range(rnd.randint(1, 4))]  # fmt: skip
+            batch = vol.batch(late=True)
+            with batch:
+                seqs, error = vol.write_many(run)
+                assert error is None and len(seqs) == len(run)
+                # (the handler answers the run here)
+            if i % 5 == 4:
+                vol.flush()
+        return
     if mode == "writes":
         faults.set_point(point, killer(n))
         for i in range(10_000):

@@ -53,8 +53,8 @@ def journal_view(tmp_path) -> bytearray:
     "point", ["write.after_drl", "write.after_primary", "journal.after_write", "journal.after_sync"]
 )
 @pytest.mark.parametrize("n", [1, 7, 40])
-def test_drl_never_clear_where_primary_and_journal_differ(tmp_path, point, n):
-    rc = run_child("writes", tmp_path, point, n)
+def test_drl_never_clear_where_primary_and_journal_differ(tmp_path, point, n, mode="writes"):
+    rc = run_child(mode, tmp_path, point, n)
     assert rc == -9, "the child was not killed at the fault point"
     meta = json.loads((tmp_path / "state" / "volume.json").read_text())
     primary = (tmp_path / "primary.img").read_bytes()
@@ -68,7 +68,7 @@ def test_drl_never_clear_where_primary_and_journal_differ(tmp_path, point, n):
         if primary[r * K.RS : (r + 1) * K.RS] != view[r * K.RS : (r + 1) * K.RS]
     }
     assert drl.trusted
-    if point == "write.after_primary":
+    if point in ("write.after_primary", "journal.late_write"):
         assert differing  # the killed write reached the primary, not the journal
     assert differing <= set(drl.dirty()), f"clear bits over differing regions {differing}"
     drl.close()
@@ -78,6 +78,17 @@ def test_drl_never_clear_where_primary_and_journal_differ(tmp_path, point, n):
         vol._proc_job.wait(60)
     assert vol.image().read(0, meta["size"]) == vol.read(0, meta["size"])
     vol.close()
+
+
+@pytest.mark.parametrize("point", ["journal.late_write", "write.after_primary"])
+@pytest.mark.parametrize("n", [1, 9, 40])
+def test_a_run_killed_before_its_late_journal_write(tmp_path, point, n):
+    """The handler's runs (a late batch): killed after the answers went out
+    and before the run's records were written (``journal.late_write``), or
+    mid-run on the primary.  The run is on the primary, not in the journal;
+    its regions are dirty in the DRL; the open resyncs them (image =
+    primary): an acknowledged write is never lost."""
+    test_drl_never_clear_where_primary_and_journal_differ(tmp_path, point, n, mode="late")
 
 
 @pytest.mark.parametrize(

@@ -52,9 +52,9 @@ def reference(pos, items, seq, time_ns, segno, align, limit):
 
 
 def pack(buf, used, pos, items, seq=7, time_ns=123456789, segno=3, align=512, limit=1 << 30,
-         most=R.MAX_PAYLOAD):  # fmt: skip
+         most=R.MAX_PAYLOAD, mode=0):  # fmt: skip
     return J._writerun.pack_writes(
-        buf, used, pos, items, seq, time_ns, segno, VTAG, align, limit, most, R.crc32c, Rec
+        buf, used, pos, items, seq, time_ns, segno, VTAG, align, limit, most, R.crc32c, Rec, mode
     )
 
 
@@ -75,6 +75,34 @@ def test_the_bytes_and_recs_are_the_python_paths(sizes, pos, align, used, segno)
     assert got == (used + len(want), end, recs)
     assert buf[used : used + len(want)] == want
     assert buf[:used] == b"\xee" * used and buf[used + len(want) :] == b"\xee" * 100
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 3000), min_size=1, max_size=8),
+    pos=st.integers(1, 64).map(lambda k: k * 512),
+    align=st.sampled_from([0, 512, 4096]),
+    limit=st.integers(0, 40000),
+)
+def test_plan_then_pack_bytes_is_pack_all_in_two_steps(sizes, pos, align, limit):
+    """The late batch's two steps (Journal.write_run, Journal.settle): PLAN
+    decides and makes the Recs without touching the buffer, PACK_BYTES with
+    the same arguments writes exactly PACK_ALL's bytes and makes no Recs."""
+    items = [(i * 4096, pattern(i, n)) for i, n in enumerate(sizes)]
+    limit += pos
+    whole, plan, two = (bytearray(b"\xee" * 50000) for _ in range(3))
+    want = pack(whole, 0, pos, items, align=align, limit=limit)
+    got = pack(plan, 0, pos, items, align=align, limit=limit, mode=J._writerun.PLAN)
+    assert got == want and plan == b"\xee" * 50000
+    if want is not None:
+        two_step = pack(two, 0, pos, items, align=align, limit=limit, mode=J._writerun.PACK_BYTES)
+        assert two_step == (want[0], want[1], None)
+        assert two == whole
+
+
+def test_a_bad_mode_is_refused():
+    with pytest.raises(ValueError, match="mode"):
+        pack(bytearray(4096), 0, 512, [(0, b"x" * 512)], mode=3)
 
 
 def test_a_pad_that_would_pass_the_segment_end_is_left_out():
@@ -241,15 +269,20 @@ class FailRecords(OsFileIO):
         return super().pwritev_all(fd, buffers, offset)
 
 
-def test_a_failed_write_fails_the_journal_and_nothing_is_reported_durable(tmp_path):
+@pytest.mark.parametrize("late", [False, True])
+def test_a_failed_write_fails_the_journal_and_nothing_is_reported_durable(tmp_path, late):
+    """Written at once, or at a late batch's end (test_laterun.py): the
+    journal fails, lets go of its lock, and undelivered() lists the run."""
     io = FailRecords()
     j = open_journal(tmp_path, io)
     try:
         before = j.write_run([(0, pattern(0, 4096))])
         j.sync()
         io.armed = True
-        recs = j.write_run([(4096, pattern(1, 4096)), (8192, pattern(2, 4096))])
-        assert recs is not None and j.failed is not None
+        with j.batch(late=late):
+            recs = j.write_run([(4096, pattern(1, 4096)), (8192, pattern(2, 4096))])
+            assert recs is not None and (j._late is not None) == late
+        assert j.failed is not None and not j._io_lock.locked() and j._late is None
         with pytest.raises(JournalFailed):
             j.sync()
         assert [r.seq for r in j.undelivered()] == [r.seq for r in recs]

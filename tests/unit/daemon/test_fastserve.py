@@ -12,6 +12,7 @@ against the volume's bytes.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 
@@ -232,6 +233,59 @@ def test_writes_run_through_on_writes_before_they_are_published(loop):
     assert x.sim.kicks == 2 and x.sim.idle() and not x.sim.broken
 
 
+def test_what_on_writes_returns_is_called_once_the_run_is_published(loop):
+    """The device's late journal batch: on_writes hands back its end, which
+    the loop calls after the run's answers are in the mailbox and kicked."""
+    x = loop()
+    a = x.sim.queue_cmd(rw10(WRITE_10, 4, 1), data_out=b"a" * BS)
+    b = x.sim.queue_cmd(rw10(WRITE_10, 9, 2), data_out=b"b" * 2 * BS)
+    seen = []
+
+    def then():  # what the kernel has seen by now (the loop's kick is sim.irq)
+        seen.append((x.sim.tail, x.sim.kicks, {c.cmd_id: c.status for c in x.sim.completions}))
+
+    assert x.serve(on_writes=lambda writes: then) == (fastpath.TIMEOUT, 0)
+    assert seen == [(x.sim.head, 1, {a.cmd_id: Status.GOOD, b.cmd_id: Status.GOOD})]
+    assert x.sim.idle() and not x.sim.broken
+
+
+def test_a_failing_then_is_raised_after_the_run_stands_published(loop):
+    x = loop()
+    w = [x.sim.queue_cmd(rw10(WRITE_10, i, 1), data_out=bytes(BS)) for i in (5, 6)]
+
+    def then():
+        raise RuntimeError("journal bug")
+
+    with pytest.raises(RuntimeError, match="journal bug"):
+        x.serve(on_writes=lambda writes: then)
+    x.sim.irq()
+    assert [x.done()[c.cmd_id].status for c in w] == [Status.GOOD, Status.GOOD]
+    assert x.ring._tail == x.sim.tail == x.sim.head and x.ring.stats.fast == 2
+
+
+def test_then_is_called_when_the_kick_fails_and_the_kick_is_reported(loop):
+    x = loop()
+    x.sim.queue_cmd(rw10(WRITE_10, 5, 1), data_out=bytes(BS))
+    called = []
+
+    def kick():
+        raise OSError(errno.EIO, "kick")
+
+    x.kick = kick
+    with pytest.raises(OSError, match="kick"):
+        x.serve(on_writes=lambda writes: lambda: called.append(x.sim.tail))
+    assert called == [x.sim.head]  # published, and the journal's write not skipped
+
+
+def test_a_none_or_uncallable_result_of_on_writes_is_ignored(loop):
+    x = loop()
+    x.sim.queue_cmd(rw10(WRITE_10, 5, 1), data_out=bytes(BS))
+    x.sim.queue_cmd(rw10(WRITE_10, 6, 1), data_out=bytes(BS))
+    assert x.serve(on_writes=lambda writes: 42) == (fastpath.TIMEOUT, 0)
+    x.sim.irq()
+    assert len(x.sim.completions) == 2 and x.sim.idle()
+
+
 def test_writes_go_to_python_without_on_writes(loop):
     x = loop()
     x.sim.queue_cmd(rw10(WRITE_10, 4, 1), data_out=b"a" * BS)
@@ -411,5 +465,38 @@ def test_the_device_thread_serves_a_random_mix(volume):
         # the loop ran, and handed over for what it cannot take (FUA, INQUIRY)
         assert len(turns) > 40 and fastpath.ENTRIES in {reason for reason, _ in turns}
         assert vol.read(0, SIZE) == bytes(model)
+    finally:
+        close_device(uio, dev)
+
+
+def test_the_devices_run_is_journaled_after_its_answers_went_out(volume):
+    """The device's loop: each run of plain writes goes through the engine
+    before its answers are published (the primary holds it: a read after the
+    answer sees it), and its journal records are written just after, by the
+    ring thread, before it looks at the ring again."""
+    vol = volume
+    uio, _, dev = make_device(vol)
+    journal = vol._journal
+    seen = []
+    real = journal.settle
+
+    def settle():
+        if journal._late is not None:
+            seen.append((uio.sim.tail, journal._written_seq, journal._late[3][-1].seq))
+        real()
+
+    journal.settle = settle
+    dev.start()
+    try:
+        data = [random.Random(i).randbytes(8 * BS) for i in range(6)]
+        for i, d in enumerate(data):
+            cmd = uio.queue(rw10(WRITE_10, i * 8, 8), data_out=d)
+            assert uio.completion(cmd).status == Status.GOOD
+        wait_until(lambda: dev.ring.idle)
+        assert seen and all(tail != 0 and written < seq for tail, written, seq in seen)
+        vol.flush()
+        assert vol.read(0, 48 * BS) == b"".join(data)
+        assert vol.image(seq=journal.durable_seq).read(0, 48 * BS) == b"".join(data)
+        assert journal._late is None and not journal._io_lock.locked()
     finally:
         close_device(uio, dev)
