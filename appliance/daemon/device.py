@@ -319,7 +319,10 @@ class TcmuDevice:
         except BaseException:
             batch.__exit__(None, None, None)
             raise
-        return getattr(batch, "end", None)
+        end = getattr(batch, "end", None)
+        if end is None:  # (no journal: nothing to write later) ended now
+            batch.__exit__(None, None, None)
+        return end
 
     def _serve_fast(self) -> None:
         """One turn of the compiled loop on the idle ring (what it answers

@@ -22,6 +22,7 @@ from appliance.daemon.backend import VolumeBackend
 from appliance.daemon.device import DeviceOptions, TcmuDevice
 from appliance.scsi import DeviceIdentity, Limits, ScsiDevice
 from appliance.scsi.constants import Status
+from appliance.scsi.memory import MemoryBackend
 from appliance.tcmu import CommandRing, RingError, fastpath
 from appliance.tcmu import layout as L
 from tests.unit.scsi.cdbs import inquiry, rw10, rw16
@@ -500,3 +501,20 @@ def test_the_devices_run_is_journaled_after_its_answers_went_out(volume):
         assert journal._late is None and not journal._io_lock.locked()
     finally:
         close_device(uio, dev)
+
+
+def test_a_run_over_a_backend_without_a_journal_ends_at_once():
+    """Nothing to write after the answers: ``_loop_writes`` ends its batch
+    (a no-op context) itself and hands the loop nothing to call."""
+    backend = MemoryBackend(SIZE)
+    uio = SimUio(data_blocks=64, mb_cmdr_size=4 * 4096)
+    scsi = ScsiDevice(backend, DeviceIdentity("m"), limits=Limits(64 * BS))
+    dev = TcmuDevice("m", uio.ring(), uio, scsi, DeviceOptions(workers=0))
+    try:
+        assert dev._loop_writes([(0, 4 * BS, b"w" * BS), (0, 9 * BS, b"x" * BS)]) is None
+        assert backend.data[4 * BS : 5 * BS] == b"w" * BS
+        assert backend.data[9 * BS : 10 * BS] == b"x" * BS
+    finally:
+        dev.ring.close()
+        uio.close()
+        uio.sim.close()
