@@ -52,8 +52,7 @@ def main() -> None:
         for i in range(2_000):
             run = [(rnd.randrange(0, SIZE // 4096) * 4096, pattern(i * 8 + k, 4096))
                    for k in range(rnd.randint(1, 4))]  # fmt: skip
-            batch = vol.batch(late=True)
-            with batch:
+            with vol.batch(late=True):
                 seqs, error = vol.write_many(run)
                 assert error is None and len(seqs) == len(run)
                 # (the handler answers the run here)

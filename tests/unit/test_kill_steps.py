@@ -53,7 +53,13 @@ def journal_view(tmp_path) -> bytearray:
     "point", ["write.after_drl", "write.after_primary", "journal.after_write", "journal.after_sync"]
 )
 @pytest.mark.parametrize("n", [1, 7, 40])
-def test_drl_never_clear_where_primary_and_journal_differ(tmp_path, point, n, mode="writes"):
+def test_drl_never_clear_where_primary_and_journal_differ(tmp_path, point, n):
+    check_killed_writes(tmp_path, "writes", point, n)
+
+
+def check_killed_writes(tmp_path, mode, point, n):
+    """The child of ``mode`` killed at the n-th ``point``: no clear DRL bit
+    where the primary and the journal differ; after the open, image = primary."""
     rc = run_child(mode, tmp_path, point, n)
     assert rc == -9, "the child was not killed at the fault point"
     meta = json.loads((tmp_path / "state" / "volume.json").read_text())
@@ -88,7 +94,7 @@ def test_a_run_killed_before_its_late_journal_write(tmp_path, point, n):
     mid-run on the primary.  The run is on the primary, not in the journal;
     its regions are dirty in the DRL; the open resyncs them (image =
     primary): an acknowledged write is never lost."""
-    test_drl_never_clear_where_primary_and_journal_differ(tmp_path, point, n, mode="late")
+    check_killed_writes(tmp_path, "late", point, n)
 
 
 @pytest.mark.parametrize(
