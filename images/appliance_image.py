@@ -23,10 +23,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,13 +151,12 @@ def appliance_disks(folder: Path, sizes: dict[str, int] | None = None) -> list[v
 class ApplianceVM(vmctl.VM):
     """A vmctl.VM for the appliance image.
 
-    ``fixed_ports`` binds the forwards to given host ports (the demo's 3260
-    and 2222) instead of free ones; ``keep_root`` keeps an existing root
+    ``fixed_ports`` (vmctl.VM's) binds the forwards to given host ports (the
+    demo's 3260 and 2222) instead of free ones; ``keep_root`` keeps an existing root
     overlay (the demo's machine survives ``demo-stop``/``demo``); ``detach``
     leaves qemu running when the object is dropped (the caller stops it later
     through the pid file and QMP)."""
 
-    fixed_ports: dict[str, int] | None = None
     keep_root: bool = False
     memory_mb: int = 2048
     cpu: str | None = "Nehalem"
@@ -176,28 +173,6 @@ class ApplianceVM(vmctl.VM):
                 saved.rename(self.overlay)
             return
         super()._prepare()
-
-    def start(self) -> None:
-        if not self.fixed_ports:
-            super().start()
-            return
-        if shutil.which(vmctl.QEMU) is None:
-            raise vmctl.VMError(f"{vmctl.QEMU} not found (apt-get install qemu-system-x86)")
-        self._prepare()
-        self.ports = dict(self.fixed_ports)
-        self.serial_log.unlink(missing_ok=True)
-        self.qmp_path.unlink(missing_ok=True)
-        with open(self.qemu_log, "wb") as log:
-            self.proc = subprocess.Popen(
-                self.qemu_argv(), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        self._started_at = time.monotonic()
-        time.sleep(0.5)
-        if self.proc.poll() is not None:
-            err = self.qemu_log.read_text(errors="replace")
-            self.proc = None
-            raise vmctl.VMError(f"qemu exited at start (ports {self.fixed_ports} taken?):\n{err}")
 
     def qemu_argv(self) -> list[str]:
         argv = super().qemu_argv()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import threading
 from contextlib import contextmanager
+from typing import NoReturn
 
 import structlog
 
@@ -79,18 +80,22 @@ def translate(exc: Exception, what: str, offset: int | None = None) -> Exception
     return None
 
 
+def reraise(exc: Exception, what: str, offset: int | None = None) -> NoReturn:
+    """Raise, from an ``except`` block, the backend error for ``exc``
+    (:func:`translate`) chained to it, or ``exc`` itself when it has none."""
+    err = translate(exc, what, offset)
+    if err is None or err is exc:
+        raise exc
+    raise err from exc
+
+
 @contextmanager
 def engine_errors(what: str, offset: int | None = None):
     """Translate engine errors raised inside the block (:func:`translate`)."""
     try:
         yield
     except Exception as exc:
-        err = translate(exc, what, offset)
-        if err is None:
-            raise
-        if err is exc:
-            raise
-        raise err from exc
+        reraise(exc, what, offset)
 
 
 class VolumeBackend:
@@ -117,10 +122,7 @@ class VolumeBackend:
         try:
             return self.volume.read(offset, length)
         except Exception as exc:
-            err = translate(exc, "read", offset)
-            if err is None or err is exc:
-                raise
-            raise err from exc
+            reraise(exc, "read", offset)
 
     def write(self, offset: int, data, *, fua: bool = False) -> None:
         # The engine copies the payload (bytes(data)) before returning, so a
@@ -128,10 +130,7 @@ class VolumeBackend:
         try:
             self.volume.write(offset, data, fua=fua)
         except Exception as exc:
-            err = translate(exc, "write", offset)
-            if err is None or err is exc:
-                raise
-            raise err from exc
+            reraise(exc, "write", offset)
 
     def direct_read_fd(self) -> int | None:
         """For the handler's fast path: ``ProtectedVolume.direct_read_fd``."""
@@ -145,10 +144,7 @@ class VolumeBackend:
         try:
             seqs, error = self.volume.write_many(items)
         except Exception as exc:
-            err = translate(exc, "write", items[0][0] if items else None)
-            if err is None or err is exc:
-                raise
-            raise err from exc
+            reraise(exc, "write", items[0][0] if items else None)
         if error is not None:
             err = translate(error, "write", items[len(seqs)][0])
             if err is not None and err is not error:

@@ -71,6 +71,7 @@ from .journalscan import (  # noqa: F401  (re-exported: the journal's names)
     list_segments,
     segment_path,
 )
+from .journalthreads import MAX_UNSYNCED_RECORDS, JournalThreads
 
 log = structlog.get_logger("cdp.journal")
 
@@ -79,9 +80,7 @@ log = structlog.get_logger("cdp.journal")
 # reused.  The bounds below keep fewer than that in flight.
 SEQ_GAP = 1 << 21
 MAX_PENDING_RECORDS = 1 << 19
-MAX_UNSYNCED_RECORDS = 1 << 16
 DEFAULT_MAX_PENDING_BYTES = 64 << 20
-SYNC_INTERVAL = 5.0
 # write_run takes records up to this size; larger ones go through the pending
 # path.  Measured in the test VM (fio, cdp only, one boot each): with 64 KiB
 # records written at once, 64 KiB writes fell to 649 and 705 IOPS against 869
@@ -122,8 +121,9 @@ class _Batch:
         journal.write_out()  # (settles the late run first)
 
 
-class Journal(JournalReader):
-    """See the module docstring.  Thread-safe; one instance per volume."""
+class Journal(JournalThreads, JournalReader):
+    """See the module docstring (the writer and syncer threads are in
+    journalthreads.py).  Thread-safe; one instance per volume."""
 
     def __init__(
         self,
@@ -154,7 +154,7 @@ class Journal(JournalReader):
         # start, recs, (writes, seq, time)), ``_io_lock`` held by that thread
         # until settle() writes it.
         self._late_owner: int | None = None
-        self._late: tuple | None = None
+        self._late_run: tuple | None = None
         self._held_back = 0  # appenders waiting for the pending records to drain
         # One writer of segment files at a time, the writer thread or a batch
         # owner; taken before _cond, never while holding it.
@@ -290,7 +290,7 @@ class Journal(JournalReader):
         plen = len(payload)
         if plen > R.MAX_PAYLOAD:
             raise InvalidArgument(f"record payload of {plen} bytes above {R.MAX_PAYLOAD}")
-        if self._late is not None:
+        if self._late_run is not None:
             self.settle()
         with self._cond:
             self._admit(R.RECORD_HEADER_SIZE + plen, 1)
@@ -308,7 +308,7 @@ class Journal(JournalReader):
             if (plen := len(payload)) > R.MAX_PAYLOAD:
                 raise InvalidArgument(f"record payload of {plen} bytes above {R.MAX_PAYLOAD}")
             total += R.RECORD_HEADER_SIZE + plen
-        if self._late is not None:
+        if self._late_run is not None:
             self.settle()
         with self._cond:
             self._admit(total, len(writes))
@@ -336,7 +336,7 @@ class Journal(JournalReader):
         them).  The zeros ahead (segfile.py) cover the whole buffer's reach
         before it is filled, so the records always land in written blocks.
         """
-        if self._late is not None:
+        if self._late_run is not None:
             self.settle()  # this thread's earlier run first (journal order)
         dw = self._dw
         late = self._late_owner is not None and self._late_owner == threading.get_ident()
@@ -381,7 +381,7 @@ class Journal(JournalReader):
                 self._next_seq = seq + len(recs)
                 self._last_seq, self._last_time = seq + len(recs) - 1, now
                 if late:  # laid out; packed (CRCs, copies) and written by settle()
-                    self._late = (threading.get_ident(), used, start, recs, (writes, seq, now))
+                    self._late_run = (threading.get_ident(), used, start, recs, (writes, seq, now))
                     keep = True
                     return recs
             try:
@@ -471,7 +471,7 @@ class Journal(JournalReader):
         """Write the run this thread's late batch left to write, if any (see
         :meth:`batch`): pack its bytes and write them.  Never raises for a
         failed write: that fails the journal, as in :meth:`write_run`."""
-        late = self._late
+        late = self._late_run
         if late is None or late[0] != threading.get_ident():
             return
         _, used, start, recs, (writes, seq, now) = late  # (_io_lock held: released here)
@@ -496,14 +496,14 @@ class Journal(JournalReader):
                     error = exc
             if error is not None:  # never written: never durable
                 with self._mutex:
-                    self._late = None
+                    self._late_run = None
                     self._lost.extend(recs)
                 if error is not self._failed:
                     self._fail(error)
                 return
             self._written(recs, late=True)
         finally:
-            self._late = None
+            self._late_run = None
             self._io_lock.release()
 
     def write_out(self) -> None:
@@ -515,7 +515,7 @@ class Journal(JournalReader):
         writing already, when they start a new segment (the rollover
         fdatasyncs the old one), or when the syncer is far behind.
         """
-        if self._late is not None:
+        if self._late_run is not None:
             self.settle()
         if not self._io_lock.acquire(blocking=False):
             with self._mutex:
@@ -540,7 +540,7 @@ class Journal(JournalReader):
     def undelivered(self) -> list[Rec]:
         """After a failure: records appended but never reported durable."""
         with self._cond:
-            late = list(self._late[3]) if self._late is not None else []
+            late = list(self._late_run[3]) if self._late_run is not None else []
             return list(self._inflight) + late + self._lost + [rec for rec, _, _ in self._pending]
 
     def request_sync(self, seq: int) -> None:
@@ -552,7 +552,7 @@ class Journal(JournalReader):
 
     def sync(self, seq: int | None = None) -> int:
         """Wait until every record up to ``seq`` (default: all appended) is durable."""
-        if self._late is not None:
+        if self._late_run is not None:
             self.settle()
         with self._cond:
             target = self._last_seq if seq is None else seq
@@ -568,7 +568,7 @@ class Journal(JournalReader):
 
     def close(self) -> None:
         """Make everything durable and stop; safe to call twice."""
-        if self._late is not None:
+        if self._late_run is not None:
             self.settle()
         if self._threads:
             try:
@@ -680,182 +680,3 @@ class Journal(JournalReader):
             self._lost.extend(rec for rec, _, _ in self._pending)
             self._pending = []
             self._cond.notify_all()
-
-    def _segment_sync(self, fd: int) -> None:
-        """fdatasync a segment the writer wrote; raise if it or the other thread's failed.
-
-        The writer (at a rollover) and the syncer sync the same file.  The kernel
-        reports a writeback error once per open file, so a call that follows a
-        failed one "succeeds" although the pages are gone.  Serialized here,
-        with the failure recorded before the lock is let go, no sync can report
-        success after another one failed (regressions:
-        journal_failure_during_rollover, rollover_failure_then_syncer_success).
-        """
-        with self._sync_lock:
-            try:
-                self.io.fdatasync(fd)
-            except Exception as exc:
-                self._fail(exc)
-                raise
-            if self._failed is not None:
-                raise self._failed
-
-    def _writer(self) -> None:
-        """Thread: pending records -> segment files (one pwritev per segment touched)."""
-        while True:
-            with self._cond:
-                while (
-                    not self._failed
-                    and (not self._pending or self._unsynced >= 2 * MAX_UNSYNCED_RECORDS)
-                    and not (self._closing and not self._pending)
-                ):
-                    self._writer_idle = True
-                    try:
-                        self._cond.wait()
-                    finally:
-                        self._writer_idle = False
-                if self._failed or not self._pending:
-                    return
-            with self._io_lock:
-                with self._cond:
-                    if self._failed:
-                        return
-                    if not self._pending:  # a batch owner wrote them meanwhile
-                        continue
-                    batch, pad = self._take_pending()
-                if not self._write_out(batch, pad):
-                    return
-
-    def _take_pending(self) -> tuple[list, bytes | None]:
-        """Everything pending, in append order, and the PAD record that ends
-        it on a block boundary (O_DIRECT: the next write starts on one and
-        never rewrites these records' blocks; None when none is needed or
-        fits, the segment then ends here).  ``_io_lock`` and ``_cond`` held."""
-        batch, self._pending = self._pending, []
-        self._pending_bytes = 0
-        if self._held_back:
-            self._cond.notify_all()
-        pad = None
-        if self._align and batch and self._pos % self._align:
-            gap = -self._pos % self._align
-            if gap < R.RECORD_HEADER_SIZE:
-                gap += self._align
-            if self._pos + gap <= self.segment_size:
-                pad = R.pack_pad(gap, self._last_seq, self._last_time, self._segno, self.vtag)
-                self._pos += gap
-        return batch, pad
-
-    def _write_out(self, batch: list, pad: bytes | None) -> bool:
-        """Write ``batch`` and hand it to the syncer (``_io_lock`` held).
-        False if the journal failed."""
-        try:
-            self._write_batch(batch, pad)
-        except Exception as exc:
-            with self._cond:
-                self._lost.extend(rec for rec, _, _ in batch)
-            self._fail(exc)
-            return False
-        self._written([rec for rec, _, _ in batch])
-        return True
-
-    def _written(self, recs: list[Rec], *, late: bool = False) -> None:
-        """``recs`` are written (``_io_lock`` held): over to the syncer.
-        ``late``: they are this thread's late run (settle)."""
-        faults.point("journal.after_write", last_seq=recs[-1].seq)
-        with self._mutex:
-            if late:
-                self._late = None  # (undelivered() finds them in _inflight now)
-            syncer_idle = self._written_seq <= self._durable_seq  # waits with no timer
-            self._inflight.extend(recs)
-            self._written_seq = recs[-1].seq
-            self._unsynced += len(recs)
-            # Wake the syncer only when this changes what it waits for (a wake-up
-            # per batch, and the GIL hand-offs it brings, is measurable).
-            if (
-                syncer_idle
-                or self._sync_wanted > self._durable_seq
-                or self._unsynced >= MAX_UNSYNCED_RECORDS
-                or self._closing
-            ):
-                self._cond.notify_all()
-
-    def _sync_due(self, last_sync: float) -> float | None:
-        """0 when the syncer should sync now, else how long to wait (lock held)."""
-        if self._written_seq <= self._durable_seq:
-            return None
-        if (
-            self._sync_wanted > self._durable_seq
-            or self._closing
-            or self._unsynced >= MAX_UNSYNCED_RECORDS
-        ):
-            return 0.0
-        return max(0.0, SYNC_INTERVAL - (time.monotonic() - last_sync))
-
-    def _syncer(self) -> None:
-        """Thread: fdatasync what the writer wrote; report it durable; hand it on.
-
-        Runs beside the writer, so new records go to the page cache while the
-        previous group is being synced (a pipelined group commit).
-        """
-        last_sync = time.monotonic()
-        while True:
-            with self._cond:
-                while True:
-                    if self._failed:
-                        return
-                    wait = self._sync_due(last_sync)
-                    if wait == 0.0:
-                        break
-                    if wait is None and self._closing and not self._pending:
-                        return
-                    self._cond.wait(wait)
-                target, fd = self._written_seq, self._wfd
-                recs, self._inflight = self._inflight, []
-                old, self._old_fds = self._old_fds, []
-            try:
-                self._segment_sync(fd)
-            except Exception:  # _segment_sync recorded the failure
-                with self._cond:  # never durable: undelivered() must list them
-                    self._lost[:0] = recs
-                return
-            last_sync = time.monotonic()
-            faults.point("journal.after_sync", seq=target)
-            # Hand on before reporting durable: once sync() returns, the map
-            # engine (and so every image) already has the records.
-            if self.on_durable and recs:
-                self.on_durable(recs)
-            with self._cond:
-                if recs:
-                    self.durable_end = recs[-1].end_addr
-                self._durable_seq = target
-                self._unsynced -= len(recs)
-                self._cond.notify_all()
-            for ofd in old:
-                self.io.close(ofd)
-
-    def _write_batch(self, batch: list[tuple[Rec, bytes, object]], pad: bytes | None) -> None:
-        i = 0
-        while i < len(batch):
-            segno = batch[i][0].addr >> 32
-            if segno != self._wsegno:
-                self._segment_sync(self._wfd)  # the old segment is complete and durable
-                self._open_segment(segno)
-            bufs = []
-            start = batch[i][0].addr & 0xFFFFFFFF
-            while i < len(batch) and batch[i][0].addr >> 32 == segno:
-                rec, header, payload = batch[i]
-                if header.__class__ is tuple:  # appended without its crc (append)
-                    header = R.pack_record_header(*header, R.payload_crc(payload))
-                bufs.append(header)
-                if rec.payload_len:
-                    bufs.append(payload)
-                i += 1
-            if i == len(batch) and pad is not None:
-                bufs.append(pad)
-            end = start + sum(map(len, bufs))
-            if end > self._zeroed:
-                self._zero_ahead(end)
-            if self._dw is not None:
-                self._dw.write(self._wfd, bufs, start)
-            else:
-                self.io.pwritev_all(self._wfd, bufs, start)

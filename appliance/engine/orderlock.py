@@ -8,9 +8,11 @@ run side by side (the handler has several workers; ``pwrite`` releases the
 GIL).
 
 Everything else that used to hold the one lock -- bookmarks, COMPARE AND
-WRITE, restore's copier and restore-before-write, re-baseline's fix-up, the
-baseline copier, a journal restart -- takes it **exclusively**: it waits
-until no write range is held and keeps new ones out.  ``with lock:`` is the
+WRITE, restore's copier and restore-before-write, a journal restart -- takes
+it **exclusively**: it waits until no write range is held and keeps new ones
+out.  The copiers that journal the primary's bytes (the baseline, the
+re-baseline's and resync's fix-up and recheck) hold the write range of what
+they copy instead, so host writes elsewhere go on.  ``with lock:`` is the
 exclusive form, re-entrant in its own thread, so these call sites read as
 they did with an ``RLock``.  A thread that holds it exclusively and then
 writes (COMPARE AND WRITE) passes through :meth:`OrderLock.write_range`.
@@ -88,32 +90,12 @@ class OrderLock:
 
     def write_range(
         self, start: int, end: int, exclusive_if: Callable[[], bool] | None = None
-    ) -> _Held:
+    ) -> _HeldMany:
         """Hold ``[start, end)`` against overlapping writes and all exclusive
         holders.  ``exclusive_if`` is asked when the range would be granted
         (no exclusive holder then, so what it reads cannot change until this
         is released); if true the lock is taken exclusively instead."""
-        return _Held(self, start, end, exclusive_if)
-
-    def _grant(self, start: int, end: int, exclusive_if) -> int | None:
-        me = threading.get_ident()
-        with self._cond:
-            if self._owner == me:
-                self._depth += 1
-                return None
-            while (
-                self._owner is not None
-                or self._x_waiting
-                or any(s < end and start < e for s, e in self._ranges.values())
-            ):
-                self._wait()
-            if exclusive_if is not None and exclusive_if():
-                self._wait_exclusive(me)
-                return None
-            token = self._next
-            self._next += 1
-            self._ranges[token] = (start, end)
-            return token
+        return _HeldMany(self, [(start, end)], exclusive_if)
 
     def write_ranges(
         self, ranges: list[tuple[int, int]], exclusive_if: Callable[[], bool] | None = None
@@ -151,15 +133,6 @@ class OrderLock:
                 self._next += 1
             return tokens
 
-    def _release(self, token: int | None) -> None:
-        if token is None:
-            self.__exit__(None, None, None)
-            return
-        with self._lock:
-            del self._ranges[token]
-            if self._waiters:
-                self._cond.notify_all()
-
     def _release_many(self, tokens: list[int] | None) -> None:
         if tokens is None:
             self.__exit__(None, None, None)
@@ -174,19 +147,6 @@ class OrderLock:
         """The write ranges held now (tests, diagnostics)."""
         with self._cond:
             return sorted(self._ranges.values())
-
-
-class _Held:
-    __slots__ = ("_lock", "_args", "_token")
-
-    def __init__(self, lock: OrderLock, start: int, end: int, exclusive_if) -> None:
-        self._lock, self._args, self._token = lock, (start, end, exclusive_if), None
-
-    def __enter__(self) -> None:
-        self._token = self._lock._grant(*self._args)
-
-    def __exit__(self, *exc) -> None:
-        self._lock._release(self._token)
 
 
 class _HeldMany:

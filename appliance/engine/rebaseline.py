@@ -10,12 +10,14 @@ The procedure, with the step numbers of Figs. 3A-3C:
 * 320-322 (point C): Δscan = the regions written during the scan;
   **Δcopy = Δmc − (Δmc ∩ Δscan)** (equation 1).  Then, because a region written
   during the scan may *also* hold an error, every region of Δmc ∩ Δscan is
-  compared again under the volume's order lock (no write can interleave)
-  against the present: still different means a true miscompare.  (The patent's
+  compared again, holding the order lock's write range of that region (no
+  write to it can interleave), against the present: still different means a
+  true miscompare.  (The patent's
   equation alone would miss it; the result reports both.)
 * 324-334 (point D): copy Δcopy from the primary into the journal (``FIXUP``
-  records, each read and journaled under the order lock, so a host write is
-  either in the copy or after it).  The delta map that closes at D holds the
+  records, each read and journaled holding the order lock's write range of
+  its region, so a host write to it is either in the copy or after it, and
+  host writes elsewhere go on, as during the baseline).  The delta map that closes at D holds the
   copies and the host writes of the copy interval in sequence order: that is
   **Δfix-up = Δhost ← Δcopy** (equation 2); it is flagged ``fixup``.
 * 336-344: the maps of the scan and copy intervals are suspect; walking back
@@ -213,7 +215,7 @@ class Procedure:
         st["scan_regions"] = len(scan)
         for r in self.mc & scan:
             a, b = self.region_range(r)
-            with vol._order_lock:
+            with vol._order_lock.write_range(a, b):  # no write to it in between
                 present = vol.image(seq=vol._journal.last_seq, _internal=True)
                 if vol.read(a, b - a) != present.read(a, b - a):
                     self.copy.add(r)
@@ -232,7 +234,7 @@ class Procedure:
             if job.cancelled or vol._closed:
                 raise JobCancelled()
             a, b = self.region_range(regions[i])
-            with vol._order_lock:
+            with vol._order_lock.write_range(a, b):  # writes elsewhere go on
                 data = vol.read(a, b - a)
                 vol._journal.append(R.WRITE, a, b - a, data, flags=R.FLAG_FIXUP)
             copied += b - a

@@ -469,7 +469,7 @@ class ProtectedVolume(Protection, BatchWrites, PointsInTime):
 
     def _host_write(self, pieces, kind: int, fua: bool) -> int | None:
         """W2-W4 of the module docstring ([0049]: the DRL first)."""
-        if self._journal._late is not None:
+        if self._journal._late_run is not None:
             self._journal.settle()  # a late batch's run, before the order lock
         if self._primary_failed is not None:
             raise self._primary_failed

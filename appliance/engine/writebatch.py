@@ -95,7 +95,7 @@ class BatchWrites:
     def _host_write_many(self, pieces) -> tuple[list[int | None], Exception | None]:
         """W2-W4 for a run of write pieces (the module docstring)."""
         journal = self._journal
-        if journal._late is not None:
+        if journal._late_run is not None:
             journal.settle()  # a late batch's run, before the order lock
         if self._primary_failed is not None:
             return [], self._primary_failed

@@ -18,7 +18,7 @@ import time
 import uuid as uuidlib
 
 from appliance.engine import CdpError, faults
-from appliance.engine import journal as J
+from appliance.engine import journalthreads as JT
 from appliance.engine import record as R
 from appliance.engine.fileio import OsFileIO
 from appliance.engine.journal import Journal, list_segments
@@ -45,11 +45,11 @@ class ReproducerBroken(RuntimeError):
 @contextlib.contextmanager
 def _no_timer_sync():
     """The syncer's 1 s timer must not sync what a reproducer leaves unsynced on purpose."""
-    interval, J.SYNC_INTERVAL = J.SYNC_INTERVAL, 3600.0
+    interval, JT.SYNC_INTERVAL = JT.SYNC_INTERVAL, 3600.0
     try:
         yield
     finally:
-        J.SYNC_INTERVAL = interval
+        JT.SYNC_INTERVAL = interval
 
 
 def _wait_unsynced(fs: FaultFS, pattern: str, timeout: float = 5.0) -> None:

@@ -73,7 +73,7 @@ def test_large_records_go_the_late_way_not_the_pending_way(tmp_path):
         assert j.write_run(run) is None  # outside a late batch: the pending path
         with j.batch(late=True):
             recs = j.write_run(run)
-            assert recs is not None and j._late is not None and not j._pending
+            assert recs is not None and j._late_run is not None and not j._pending
         j.sync()
         for r, (_, p) in zip(recs, run, strict=True):
             assert j.read_payload(r.payload_addr, r.payload_len) == p
@@ -90,9 +90,9 @@ def test_the_owners_next_journal_call_writes_the_run_first(tmp_path):
         with j.batch(late=True):
             first = j.write_run([(0, pattern(0, 4096))])
             second = j.write_run([(4096, pattern(1, 4096))])  # writes `first` first
-            assert first[0].seq < second[0].seq and j._late[3] == second
+            assert first[0].seq < second[0].seq and j._late_run[3] == second
             mark = j.append(R.BOOKMARK, 0, 0, b"before-ransomware")
-            assert j._late is None  # `second` written by the append
+            assert j._late_run is None  # `second` written by the append
             j.sync()  # inside the batch: no deadlock with its own lock
             assert j.durable_seq == mark.seq
     finally:
@@ -187,12 +187,12 @@ def test_a_host_write_of_the_owner_writes_the_run_before_the_order_lock(tmp_path
     try:
         with vol.batch(late=True):
             seqs, error = vol.write_many([(0, pattern(0, 4096)), (8192, pattern(1, 4096))])
-            assert error is None and vol._journal._late is not None
+            assert error is None and vol._journal._late_run is not None
             held = []
             real = vol._order_lock.write_range
 
             def noting(*a, **kw):
-                held.append(vol._journal._late)
+                held.append(vol._journal._late_run)
                 return real(*a, **kw)
 
             vol._order_lock.write_range = noting

@@ -1,6 +1,8 @@
 """Re-baseline: the equations, the suspect walk-back, and the Fig. 4 story."""
 
 import os
+import threading
+import time
 
 from pyroaring import BitMap
 
@@ -164,4 +166,48 @@ def test_suspect_flags_survive_reopen_and_merged_maps_follow_newest_child(tmp_pa
     for (level, idx), info in vol._maps.merged.items():
         newest = vol._maps.level0[(idx + 1) * 8**level - 1]
         assert info.suspect == newest.suspect
+    vol.close()
+
+
+def test_the_fix_up_copy_holds_only_its_own_region(tmp_path):
+    """While the fix-up reads a region to copy it, a host write elsewhere
+    completes at once; one into that region waits until the region's FIXUP
+    record is journaled, so it lands after it and wins in every image."""
+    vol, _ = build_chain(tmp_path)
+    corrupt_primary(tmp_path, 33 * RS, b"\xcd" * 512)  # the one region to copy
+    reading = threading.Event()
+    real_read = vol.read
+    copier: list[int] = []  # the job's thread
+    reads = []  # of the region, by it: the scan's, then the fix-up's
+
+    def slow_read(offset, length):
+        if offset == 33 * RS and length == RS and copier == [threading.get_ident()]:
+            reads.append(offset)
+            if len(reads) == 2:
+                reading.set()
+                time.sleep(1.0)  # the fix-up's read takes a while
+        return real_read(offset, length)
+
+    def note_thread(index, job):
+        if not copier:
+            copier.append(threading.get_ident())
+
+    vol.read = slow_read
+    with faults.inject("rebaseline.scan", note_thread):
+        job = vol.rebaseline()
+        assert reading.wait(30)
+        far = pattern(901, 4096)
+        t0 = time.monotonic()
+        vol.write(60 * RS, far)  # another region: not held
+        assert time.monotonic() - t0 < 0.5, "a write outside the region waited for the fix-up"
+        near = pattern(902, 512)
+        vol.write(33 * RS + 512, near)  # the region being copied: after its record
+        result = job.wait(60)
+    del vol.read
+    assert result["regions_copied"] == 1
+    primary = vol.read(0, SIZE)
+    assert primary[60 * RS : 60 * RS + 4096] == far
+    assert primary[33 * RS + 512 : 33 * RS + 1024] == near
+    assert primary[33 * RS : 33 * RS + 512] == b"\xcd" * 512
+    assert vol.image().read(0, SIZE) == primary
     vol.close()

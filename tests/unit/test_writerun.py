@@ -281,8 +281,8 @@ def test_a_failed_write_fails_the_journal_and_nothing_is_reported_durable(tmp_pa
         io.armed = True
         with j.batch(late=late):
             recs = j.write_run([(4096, pattern(1, 4096)), (8192, pattern(2, 4096))])
-            assert recs is not None and (j._late is not None) == late
-        assert j.failed is not None and not j._io_lock.locked() and j._late is None
+            assert recs is not None and (j._late_run is not None) == late
+        assert j.failed is not None and not j._io_lock.locked() and j._late_run is None
         with pytest.raises(JournalFailed):
             j.sync()
         assert [r.seq for r in j.undelivered()] == [r.seq for r in recs]

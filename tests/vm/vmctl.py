@@ -140,6 +140,9 @@ class VM:
     # (fast); a VM that will lose power (power_cut) needs "writeback", or qemu's
     # qcow2 metadata may not be on the host when it is killed.
     root_cache: str = "unsafe"
+    # Bind the forwards to these host ports (the appliance demo's 3260 and
+    # 2222) instead of free ones; no retry then if one is taken.
+    fixed_ports: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         self.proc: subprocess.Popen | None = None
@@ -248,8 +251,11 @@ class VM:
             raise VMError(f"{QEMU} not found (apt-get install qemu-system-x86)")
         self._prepare()
         err = ""
-        for _attempt in range(3):
-            self.ports = {name: free_port() for name in self.forwards}
+        for _attempt in range(1 if self.fixed_ports else 3):
+            if self.fixed_ports:
+                self.ports = dict(self.fixed_ports)
+            else:
+                self.ports = {name: free_port() for name in self.forwards}
             self.serial_log.unlink(missing_ok=True)
             self.qmp_path.unlink(missing_ok=True)
             with open(self.qemu_log, "wb") as log:
@@ -265,7 +271,8 @@ class VM:
             self.proc = None
             if "hostfwd" not in err and "forwarding" not in err:
                 break
-        raise VMError(f"qemu exited at start:\n{' '.join(self.qemu_argv())}\n{err}")
+        taken = f" (ports {self.fixed_ports} taken?)" if self.fixed_ports else ""
+        raise VMError(f"qemu exited at start{taken}:\n{' '.join(self.qemu_argv())}\n{err}")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

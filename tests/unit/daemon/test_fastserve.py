@@ -482,8 +482,8 @@ def test_the_devices_run_is_journaled_after_its_answers_went_out(volume):
     real = journal.settle
 
     def settle():
-        if journal._late is not None:
-            seen.append((uio.sim.tail, journal._written_seq, journal._late[3][-1].seq))
+        if journal._late_run is not None:
+            seen.append((uio.sim.tail, journal._written_seq, journal._late_run[3][-1].seq))
         real()
 
     journal.settle = settle
@@ -498,7 +498,7 @@ def test_the_devices_run_is_journaled_after_its_answers_went_out(volume):
         vol.flush()
         assert vol.read(0, 48 * BS) == b"".join(data)
         assert vol.image(seq=journal.durable_seq).read(0, 48 * BS) == b"".join(data)
-        assert journal._late is None and not journal._io_lock.locked()
+        assert journal._late_run is None and not journal._io_lock.locked()
     finally:
         close_device(uio, dev)
 
