@@ -52,6 +52,10 @@ class FakeVolume:
     def compare_and_write(self, offset, expected, new, *, fua=False):
         return self._call("caw", offset, fua)
 
+    def write_many(self, items):
+        self._call("write_many", len(items))
+        return [1] * len(items), None
+
 
 def _enospc() -> PrimaryIOError:
     try:
@@ -103,6 +107,7 @@ def test_errors_are_mapped(engine_exc, scsi_exc):
     for call in (
         lambda: be.read(0, 512),
         lambda: be.write(4096, b"x" * 512),
+        lambda: be.write_many([(4096, b"x" * 512)]),  # refused as a whole
         lambda: be.flush(),
     ):
         with pytest.raises(scsi_exc) as info:
@@ -120,9 +125,17 @@ def test_medium_error_carries_the_offset():
 
 def test_unknown_exceptions_pass_through():
     # The SCSI layer turns these into HARDWARE ERROR and logs the trace.
-    be = VolumeBackend(FakeVolume(RuntimeError("bug")))
-    with pytest.raises(RuntimeError):
-        be.read(0, 512)
+    bug = RuntimeError("bug")
+    be = VolumeBackend(FakeVolume(bug))
+    for call in (
+        lambda: be.read(0, 512),
+        lambda: be.write(0, b"x" * 512),
+        lambda: be.write_many([(0, b"x" * 512)]),
+        lambda: be.flush(),
+    ):
+        with pytest.raises(RuntimeError) as info:
+            call()
+        assert info.value is bug and info.value.__cause__ is None
 
 
 def test_end_to_end_sense_through_the_scsi_layer():
