@@ -33,6 +33,7 @@ import os
 import random
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 from appliance import malloctune
@@ -93,6 +94,16 @@ def _direct(vol: ProtectedVolume, offsets: list[int], payload: bytes, write: boo
     return time.perf_counter() - t0
 
 
+def _alternated(first, second, offsets: list[int], half: int) -> tuple[float, float]:
+    """``first`` and ``second`` (each timing one part of ``offsets``) on both
+    halves, alternated, so that a cache or a neighbour affects both alike."""
+    a = first(offsets[:half])
+    b = second(offsets[half:])
+    a += first(offsets[half:])
+    b += second(offsets[:half])
+    return a, b
+
+
 def bench_handler_path(workdir: Path, count: int, size: int) -> list[dict]:
     """4 KiB WRITE(10) and READ(10) through ring + SCSI vs the engine calls alone."""
     rnd = random.Random(3)
@@ -109,12 +120,11 @@ def bench_handler_path(workdir: Path, count: int, size: int) -> list[dict]:
             # dirty (a first touch costs a DRL sync), page cache warm for the reads.
             _direct(vol, offsets, payload, True)
             vol.flush()
-            # Alternate, so that a cache or a neighbour affects both alike.
-            half = len(offsets) // 2
-            ring = _through_ring(vol, offsets[:half], payload, write)
-            direct = _direct(vol, offsets[half:], payload, write)
-            ring += _through_ring(vol, offsets[half:], payload, write)
-            direct += _direct(vol, offsets[:half], payload, write)
+            ring, direct = _alternated(
+                partial(_through_ring, vol, payload=payload, write=write),
+                partial(_direct, vol, payload=payload, write=write),
+                offsets, len(offsets) // 2,
+            )  # fmt: skip
         finally:
             vol.close()
             shutil.rmtree(d, ignore_errors=True)
@@ -205,11 +215,11 @@ def bench_compiled_loop(workdir: Path, count: int, size: int) -> list[dict]:
         try:
             _write_many_cpu(vol, offsets, payload, qd)  # blocks allocated, regions dirty
             vol.flush()
-            half = len(offsets) // 2 // qd * qd
-            loop = _loop_cpu(vol, offsets[:half], payload, qd)
-            alone = _write_many_cpu(vol, offsets[half:], payload, qd)
-            loop += _loop_cpu(vol, offsets[half:], payload, qd)
-            alone += _write_many_cpu(vol, offsets[:half], payload, qd)
+            loop, alone = _alternated(
+                partial(_loop_cpu, vol, payload=payload, qd=qd),
+                partial(_write_many_cpu, vol, payload=payload, qd=qd),
+                offsets, len(offsets) // 2 // qd * qd,
+            )  # fmt: skip
         finally:
             vol.close()
             shutil.rmtree(d, ignore_errors=True)
