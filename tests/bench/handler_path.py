@@ -143,7 +143,9 @@ def _loop_cpu(vol: ProtectedVolume, offsets: list[int], payload: bytes, qd: int)
     """CPU seconds of the device's thread for ``offsets`` written through the
     compiled loop, ``qd`` commands queued at a time."""
     n = len(payload)
-    uio = SimUio(data_blocks=qd * n // 4096 * 2 + 16, mb_cmdr_size=64 * 4096)
+    # No guard pages: their mprotect calls (TLB shootdowns) would land on the
+    # device thread's clock; the kernel maps the data area once.
+    uio = SimUio(data_blocks=qd * n // 4096 * 2 + 16, mb_cmdr_size=64 * 4096, guard=False)
     scsi = ScsiDevice(VolumeBackend(vol), DeviceIdentity(str(vol.uuid)), limits=Limits(1 << 20))
     # The kick is the kernel's completion handling: done here, between batches.
     dev = TcmuDevice("bench", CommandRing(uio.sim.mm, lambda: None), uio, scsi,
