@@ -37,7 +37,9 @@ Semantics (the byte layouts are in docs/FORMAT.md):
   segment is fdatasynced before the first write to the new one, and the new
   file's name is made durable (fsync of the folder) before any of its records
   can be reported durable.  Every open starts a new segment, so the torn tail
-  of an unclean stop is left behind, never overwritten and never read past.
+  of an unclean stop is left behind, never overwritten and never read past;
+  the zeros written ahead in the segments left behind are given back
+  (:meth:`Journal.trim_zero_tails`).
 * **Recovery** (``scan``) reads segments in order and stops a segment at its
   first invalid record (the reason is logged); a later segment whose
   ``prev_last_seq`` disagrees with what was found means durable records are
@@ -267,6 +269,48 @@ class Journal(JournalThreads, JournalReader):
                 finally:
                     self.io.close(fd)
         self.io.fsync_dir(self.folder)
+
+    def trim_zero_tails(self, end_addr: int, start_addr: int = 0) -> int:
+        """Give back the zeros written ahead of records that will never come.
+
+        Every open starts a new segment (module docstring), so the segment a
+        scan ended in (``end_addr``: just past its last record; 0: none found
+        from ``start_addr`` on) and any segment after it take no more records,
+        yet each holds up to ``segfile.ZERO_AHEAD`` of zeros: without this,
+        every restart kept ~8 MiB per volume for as long as the segment
+        lives.  Each of them is cut at the block after its last record (after
+        its header if it holds none), but only where everything past that
+        reads as zeros; anything else there (a torn record) is left as it is.
+        Before ``start``; only space is at stake: a cut that a crash loses
+        leaves the zeros, which read as the end of the records just the same.
+        Returns the bytes given back."""
+        block = R.SEGMENT_HEADER_SIZE  # a multiple of every O_DIRECT block
+        end_seg = end_addr >> 32
+        first = end_seg if end_addr else start_addr >> 32
+        zeros = memoryview(bytes(segfile.CHUNK))
+        freed = 0
+        for segno in list_segments(self.folder):
+            if segno < first:
+                continue
+            cut = block
+            if end_addr and segno == end_seg:
+                cut = max(block, -(-(end_addr & 0xFFFFFFFF) // block) * block)
+            fd = self.io.open(segment_path(self.folder, segno), os.O_RDWR)
+            try:
+                size = self.io.size(fd)
+                pos = cut
+                while pos < size:
+                    n = min(len(zeros), size - pos)
+                    if self.io.pread_exact(fd, n, pos) != zeros[:n]:
+                        break
+                    pos += n
+                else:
+                    if size > cut:
+                        self.io.truncate(fd, cut)
+                        freed += size - cut
+            finally:
+                self.io.close(fd)
+        return freed
 
     @property
     def last_seq(self) -> int:

@@ -23,7 +23,9 @@ Rules that keep this crash safe (docs/FORMAT.md, "Alignment"):
   no PAD fits, is zero-filled past the last record instead.
 * Zeros are only ever written past the last record: they read as the end of
   the segment's records.  An fdatasync of the records makes the file's size
-  and blocks durable with them.
+  and blocks durable with them.  The next open cuts them off a segment that
+  takes no more records (``Journal.trim_zero_tails``): a shorter file reads
+  the same.
 
 Where O_DIRECT is refused (EINVAL: tmpfs before Linux 6.6, some FUSE file
 systems) the journal writes through the page cache as before, without PADs.

@@ -352,6 +352,8 @@ class ProtectedVolume(Protection, BatchWrites, PointsInTime):
         )
         if scan.torn_segment is not None:
             os.unlink(segment_path(self._journal.folder, scan.torn_segment))
+        if freed := self._journal.trim_zero_tails(scan.end_addr, start):
+            log.info("journal.zero_tails_trimmed", bytes=freed)
         self._maps.replay(scan.records)
         # The clean-close mark is a durable file, removed durably before this open
         # appends anything (regression: clean_flag_outlives_power_loss).
